@@ -1,0 +1,156 @@
+"""Assembling and running the server: gRPC services, health, reflection, model loading, stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from segstream.server.batcher import Batcher
+from segstream.server.config import ServerConfig
+from segstream.server.engine import Model
+from segstream.server.pipeline import Pipeline
+from segstream.server.preprocess import inference_shape
+from segstream.server.providers import CPU
+from segstream.server.service import SegmentationService
+from segstream.v1 import segmentation_pb2 as pb
+from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name
+
+
+def load_models(config: ServerConfig) -> dict[str, Model]:
+    """Loads every configured model with ONNX Runtime (slow: call off the event loop)."""
+    from segstream.server.ort_model import OrtModel
+
+    models: dict[str, Model] = {}
+    for spec in config.models:
+        model = OrtModel(spec, device=config.device, threads=config.threads)
+        log.info(
+            "model %s loaded from %s on %s (heads: %s)",
+            spec.name,
+            spec.path,
+            model.provider,
+            ",".join(model.heads),
+        )
+        if model.synthetic:
+            log.warning("model %s has RANDOM weights (synthetic graph): its masks are meaningless", spec.name)
+        models[spec.name] = model
+    return models
+
+
+def worker_count(config: ServerConfig, models: Mapping[str, Model]) -> int:
+    if config.workers:
+        return config.workers
+    # On a CPU one session already uses every core; on a GPU a second worker overlaps the
+    # host-side work and copies of one batch with the next batch's kernels.
+    on_cpu = all(m.provider == CPU for m in models.values())
+    return 1 if on_cpu else 2
+
+
+class SegstreamServer:
+    """The segstream gRPC server. `models` may be given (already loaded) instead of loading the config's."""
+
+    def __init__(self, config: ServerConfig, models: Mapping[str, Model] | None = None) -> None:
+        self.config = config
+        self._given_models = models
+        self._ready = False
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+            ]
+        )
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._decode_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="segstream-decode")
+        self._infer_pool: ThreadPoolExecutor | None = None
+        self.pipeline = Pipeline({}, config.default_model, config.size, config.max_frame_pixels, self._decode_pool)
+        self.service = SegmentationService(
+            self.pipeline,
+            size=config.size,
+            inflight=config.inflight,
+            max_streams=config.max_streams,
+            ready=lambda: self._ready,
+        )
+        pb_grpc.add_SegmentationServicer_to_server(self.service, self._server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if config.reflection:
+            names = (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
+            reflection.enable_server_reflection(names, self._server)
+        self.port = 0
+
+    async def start(self) -> int:
+        """Binds and starts serving (health NOT_SERVING), then loads and warms the models (SERVING)."""
+        self.port = self._server.add_insecure_port(self.config.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.address}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        log.info("listening on %s (port %d)", self.config.address, self.port)
+        loop = asyncio.get_running_loop()
+        models = self._given_models
+        if models is None:
+            models = await loop.run_in_executor(None, load_models, self.config)
+        self.pipeline.models = dict(models)
+        workers = worker_count(self.config, models)
+        self._infer_pool = ThreadPoolExecutor(workers, thread_name_prefix="segstream-infer")
+        batcher = Batcher(
+            self.pipeline.run_batch,
+            self._infer_pool,
+            workers,
+            self.config.max_batch,
+            self.config.max_delay_ms / 1e3,
+        )
+        batcher.start()
+        self.pipeline.batcher = batcher
+        if self.config.warmup:
+            await self._warm_up()
+        self._ready = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s with %d inference worker(s)", ", ".join(models), workers)
+        return self.port
+
+    async def _warm_up(self) -> None:
+        # The first run of each head allocates ONNX Runtime's arenas (and on a GPU picks kernels);
+        # doing it here keeps that cost out of the first client's latency.
+        height, width = inference_shape(480, 640, self.config.size)
+        tensor = np.zeros((3, height, width), np.float32)
+        loop = asyncio.get_running_loop()
+        assert self._infer_pool is not None
+        for name, model in self.pipeline.models.items():
+            for head in model.heads:
+                await loop.run_in_executor(self._infer_pool, model.run, head, [tensor])
+                log.info("warmed up %s/%s at %dx%d", name, head, width, height)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Stops taking streams, lets in-flight calls finish within `grace` seconds, frees the models."""
+        self._ready = False
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(grace)
+        if self.pipeline.batcher is not None:
+            await self.pipeline.batcher.close()
+        if self._infer_pool is not None:
+            self._infer_pool.shutdown(wait=True, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        for model in self.pipeline.models.values():
+            model.close()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()

@@ -1,0 +1,185 @@
+"""`segstream-server`: the command line of the segmentation server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from segstream.server.config import DEVICES, ConfigError, ModelSpec, ServerConfig, env_default
+from segstream.server.engine import EngineError
+
+log = logging.getLogger("segstream.server")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, no usage dump: scripts and people both read it.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="segstream-server",
+        description="Serve FCN semantic segmentation of live video over gRPC (segstream.v1.Segmentation). "
+        "Every option can also be set as SEGSTREAM_<OPTION> in the environment (e.g. SEGSTREAM_PORT).",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="ONNX model to serve (repeatable); NAME defaults to the file name without .onnx; the first is "
+        "the default model (env SEGSTREAM_MODEL: comma-separated list)",
+    )
+    p.add_argument("--host", default=env_default("host", "[::]"), help="address to listen on (default: [::], all)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(env_default("port", "50051")),
+        help="port (default 50051; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=int(env_default("size", "520")),
+        help="short side in pixels frames are resized to before the network "
+        "(default 520, the model card's; 0: no resize)",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=env_default("device", "auto"),
+        help="execution provider: auto uses CUDA only when it really loads, else the CPU; cpu, cuda, tensorrt "
+        "insist and fail at startup if unavailable (default auto)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(env_default("workers", "0")),
+        help="inference worker threads (default 0: 1 on CPU, 2 on GPU)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(env_default("threads", "0")),
+        help="ONNX Runtime intra-op threads per session (default 0: all cores)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=int(env_default("max-batch", "1")),
+        help="largest batch of same-shape frames across streams (default 1)",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=float(env_default("max-delay-ms", "2")),
+        help="longest wait for batch-mates in ms (default 2)",
+    )
+    p.add_argument(
+        "--inflight",
+        type=int,
+        default=int(env_default("inflight", "4")),
+        help="frames of one ORDERED stream in flight before the server stops reading (default 4)",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=int(env_default("max-streams", "64")),
+        help="concurrent streams; more get RESOURCE_EXHAUSTED (default 64)",
+    )
+    p.add_argument(
+        "--max-frame-pixels",
+        type=int,
+        default=int(env_default("max-frame-pixels", str(7680 * 4320))),
+        help="largest frame in pixels (default 33177600, 8K)",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(env_default("max-message-bytes", str(64 << 20))),
+        help="largest gRPC message in bytes (default 64 MiB)",
+    )
+    p.add_argument("--no-warmup", action="store_true", help="skip running each model once before reporting SERVING")
+    p.add_argument("--no-reflection", action="store_true", help="do not offer gRPC server reflection")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=float(env_default("grace", "5")),
+        help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default 5)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=env_default("log-level", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default INFO)",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    texts = args.model or [t for t in env_default("model", "").split(",") if t]
+    return ServerConfig(
+        models=tuple(ModelSpec.parse(t) for t in texts),
+        host=args.host,
+        port=args.port,
+        size=args.size,
+        device=args.device,
+        workers=args.workers,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        inflight=args.inflight,
+        max_streams=args.max_streams,
+        max_frame_pixels=args.max_frame_pixels,
+        max_message_bytes=args.max_message_bytes,
+        warmup=not args.no_warmup,
+        reflection=not args.no_reflection,
+    )
+
+
+async def _serve(config: ServerConfig, grace: float) -> None:
+    from segstream.server.app import SegstreamServer
+
+    server = SegstreamServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(server.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        starting.result()  # raises a load failure
+        await stopping
+    else:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+    log.info("stopping: finishing in-flight calls for up to %.1f s", grace)
+    await server.stop(grace)
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        parser.exit(2, f"segstream-server: error: {exc}\n")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(config, args.grace))
+    except (EngineError, OSError) as exc:
+        print(f"segstream-server: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Server configuration: one frozen dataclass; CLI flags > SEGSTREAM_* environment > defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from segstream.client.codec import DEFAULT_MAX_PIXELS
+
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "tensorrt")
+
+
+class ConfigError(ValueError):
+    """A server setting that cannot work; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve: a name clients address it by and the ONNX file."""
+
+    name: str
+    path: Path
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """'NAME=PATH' or 'PATH' (the name is then the file name without .onnx)."""
+        name, sep, path = text.partition("=")
+        if not sep:
+            path, name = text, Path(text).stem
+        if not name or not path:
+            raise ConfigError(f"--model {text!r}: expected PATH or NAME=PATH")
+        return cls(name=name, path=Path(path))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    models: tuple[ModelSpec, ...]
+    host: str = "[::]"
+    port: int = 50051
+    # Short side of the network input; 0 runs frames at their own resolution.
+    size: int = 520
+    device: Device = "auto"
+    # Inference workers (threads, each with its own IOBinding buffers). 0 picks per provider.
+    workers: int = 0
+    # ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime use every core.
+    threads: int = 0
+    max_batch: int = 1
+    max_delay_ms: float = 2.0
+    # Frames of one ORDERED stream being processed at once; the server stops reading beyond it.
+    inflight: int = 4
+    max_frame_pixels: int = DEFAULT_MAX_PIXELS
+    # Large enough for a raw 4K RGB frame (25 MB) plus protobuf framing.
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_streams: int = 64
+    warmup: bool = True
+    reflection: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError(
+                "no model to serve: pass --model PATH (or NAME=PATH), e.g. --model models/onnx/fcn-resnet50.onnx"
+            )
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"model name(s) {', '.join(dupes)} given twice: name them with NAME=PATH")
+        for spec in self.models:
+            if not spec.path.is_file():
+                raise ConfigError(
+                    f"model file {spec.path} does not exist: run 'segstream-models fetch fcn-resnet50' "
+                    "or 'segstream-models build resnet50 --out PATH'"
+                )
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        _check_range("--port", self.port, 0, 65535)
+        _check_range("--size", self.size, 0, 4096)
+        _check_range("--workers", self.workers, 0, 64)
+        _check_range("--threads", self.threads, 0, 1024)
+        _check_range("--max-batch", self.max_batch, 1, 256)
+        _check_range("--inflight", self.inflight, 1, 1024)
+        _check_range("--max-streams", self.max_streams, 1, 100_000)
+        _check_range("--max-frame-pixels", self.max_frame_pixels, 1, 1 << 31)
+        _check_range("--max-message-bytes", self.max_message_bytes, 1 << 20, (1 << 31) - 1)
+        if not 0 <= self.max_delay_ms <= 1000:
+            raise ConfigError(f"--max-delay-ms {self.max_delay_ms}: must be between 0 and 1000")
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0].name
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _check_range(flag: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{flag} {value}: must be between {low} and {high}")
+
+
+def env_default(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """The SEGSTREAM_<NAME> environment value, else the default (read only by the CLI)."""
+    env = os.environ if environ is None else environ
+    return env.get(f"SEGSTREAM_{name.upper().replace('-', '_')}", default)

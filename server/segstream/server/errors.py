@@ -1,0 +1,48 @@
+"""Domain errors and the one place that maps them to gRPC status codes.
+
+StreamError            the stream or call itself is wrong; ends the call
+    InvalidConfigError     bad StreamConfig (unknown model or head, sent twice or late)
+    TooManyStreamsError    the server's stream limit is reached
+    NotReadyError          models are still loading, or the server is draining
+InvalidFrameError      (segstream.client.codec) one frame is bad; answered in its own response
+EngineError            (segstream.server.engine) a model failed to load or run
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from segstream.client.codec import InvalidFrameError
+from segstream.server.config import ConfigError
+from segstream.server.engine import EngineError
+
+
+class StreamError(Exception):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidConfigError(StreamError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class TooManyStreamsError(StreamError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotReadyError(StreamError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and client-facing message for an error."""
+    if isinstance(exc, StreamError):
+        return exc.code, str(exc)
+    if isinstance(exc, InvalidFrameError | ConfigError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, EngineError):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    # Never leak a traceback or internals to clients: the server log has the details.
+    return (
+        grpc.StatusCode.INTERNAL,
+        f"internal error while segmenting ({type(exc).__name__}); see the server log",
+    )

@@ -1,0 +1,163 @@
+"""The transport-free core: one frame in, one SegmentResponse out.
+
+decode + preprocess (decode pool) -> batcher -> model + postprocess (inference worker) -> response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+import numpy.typing as npt
+
+from segstream.client import codec
+from segstream.server.batcher import Batcher
+from segstream.server.engine import F32Array, Model
+from segstream.server.errors import InvalidConfigError, status_for
+from segstream.server.postprocess import OutputSpec, postprocess
+from segstream.server.preprocess import preprocess
+from segstream.v1 import segmentation_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_HEAD_NAMES = {pb.HEAD_UNSPECIFIED: "out", pb.HEAD_OUT: "out", pb.HEAD_AUX: "aux"}
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """A StreamConfig checked against the served models, defaults filled in."""
+
+    model: str
+    head: str
+    spec: OutputSpec
+    policy: int
+
+
+@dataclass
+class _Work:
+    tensor: F32Array
+    frame: npt.NDArray[Any]
+    resized: npt.NDArray[Any]
+    spec: OutputSpec
+    response: pb.SegmentResponse
+
+
+class Pipeline:
+    def __init__(
+        self,
+        models: Mapping[str, Model],
+        default_model: str,
+        size: int,
+        max_pixels: int,
+        decode_pool: Executor,
+    ) -> None:
+        self.models = models
+        self.default_model = default_model
+        self._size = size
+        self._max_pixels = max_pixels
+        self._decode_pool = decode_pool
+        self.batcher: Batcher | None = None
+
+    def resolve(self, config: pb.StreamConfig) -> StreamSettings:
+        """Checks a StreamConfig; raises InvalidConfigError with what to fix."""
+        name = config.model or self.default_model
+        model = self.models.get(name)
+        if model is None:
+            raise InvalidConfigError(f"unknown model {name!r}: this server serves {sorted(self.models)}")
+        head = _HEAD_NAMES.get(config.head)
+        if head is None or head not in model.heads:
+            raise InvalidConfigError(f"model {name!r} has no head {config.head}: heads are {list(model.heads)}")
+        _check_enum(config.mask_encoding, pb.MaskEncoding, "mask_encoding")
+        _check_enum(config.image_encoding, pb.ImageEncoding, "image_encoding")
+        _check_enum(config.resolution, pb.OutputResolution, "resolution")
+        _check_enum(config.policy, pb.FramePolicy, "policy")
+        outputs = set(config.outputs) or {pb.OUTPUT_LABEL_MASK}
+        for output in outputs:
+            _check_enum(output, pb.Output, "outputs")
+        outputs.discard(pb.OUTPUT_UNSPECIFIED)
+        if config.jpeg_quality > 100:
+            raise InvalidConfigError(f"jpeg_quality {config.jpeg_quality}: use 1-100, or 0 for the default")
+        spec = OutputSpec(
+            outputs=frozenset(outputs or {pb.OUTPUT_LABEL_MASK}),
+            mask_encoding=config.mask_encoding or pb.MASK_ENCODING_RAW,
+            image_encoding=config.image_encoding or pb.IMAGE_ENCODING_JPEG,
+            resolution=config.resolution or pb.OUTPUT_RESOLUTION_FRAME,
+            jpeg_quality=config.jpeg_quality or 90,
+        )
+        return StreamSettings(name, head, spec, config.policy or pb.FRAME_POLICY_ORDERED)
+
+    async def process(self, frame: pb.Frame, settings: StreamSettings, received: float) -> pb.SegmentResponse:
+        """Segments one frame; a failure comes back as the response's error, never as an exception."""
+        assert self.batcher is not None, "Pipeline.batcher must be set before processing"
+        response = pb.SegmentResponse(frame_id=frame.frame_id, model=settings.model)
+        if frame.HasField("capture_time"):
+            response.capture_time.CopyFrom(frame.capture_time)
+        loop = asyncio.get_running_loop()
+        timings = response.timings
+        try:
+            rgb, resized, tensor = await loop.run_in_executor(self._decode_pool, self._prepare, frame)
+            response.inference_width, response.inference_height = resized.shape[1], resized.shape[0]
+            timings.decode_ms = (time.perf_counter() - received) * 1e3
+            work = _Work(tensor, rgb, resized, settings.spec, response)
+            key = (settings.model, settings.head, tensor.shape)
+            (inference_s, post_s), queued_s = await self.batcher.submit(key, work)
+            timings.queue_ms = queued_s * 1e3
+            timings.inference_ms = inference_s * 1e3
+            timings.postprocess_ms = post_s * 1e3
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = status_for(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("frame %d of model %s failed", frame.frame_id, settings.model)
+            _set_error(response, code, message)
+        timings.total_ms = (time.perf_counter() - received) * 1e3
+        return response
+
+    def _prepare(self, frame: pb.Frame) -> tuple[npt.NDArray[Any], npt.NDArray[Any], F32Array]:
+        rgb = codec.decode_frame(frame, self._max_pixels)
+        resized, tensor = preprocess(rgb, self._size)
+        return rgb, resized, tensor
+
+    def run_batch(self, key: Hashable, items: Sequence[_Work]) -> list[Any]:
+        """Runs in an inference worker thread: the model on the batch, then each frame's postprocess."""
+        model_name, head, _ = cast(tuple[str, str, Any], key)
+        model = self.models[model_name]
+        started = time.perf_counter()
+        try:
+            logits = model.run(head, [item.tensor for item in items])
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc]
+            # Retry one by one so that a frame that breaks the batch fails alone.
+            return [self.run_batch(key, [item])[0] for item in items]
+        inference_s = time.perf_counter() - started
+        results: list[Any] = []
+        for i, item in enumerate(items):
+            post_started = time.perf_counter()
+            try:
+                postprocess(logits[i], item.frame, item.resized, item.spec, item.response)
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append((inference_s, time.perf_counter() - post_started))
+        return results
+
+
+def _set_error(response: pb.SegmentResponse, code: grpc.StatusCode, message: str) -> None:
+    for name in ("label_mask", "color_mask", "overlay", "confidence"):
+        response.ClearField(name)
+    del response.class_share[:]
+    response.error.code = code.value[0]
+    response.error.message = message
+
+
+def _check_enum(value: int, enum: Any, field: str) -> None:
+    if value not in enum.values():
+        raise InvalidConfigError(f"{field}: unknown value {value}; valid values are {list(enum.keys())}")

@@ -1,0 +1,91 @@
+"""Frame policies of one stream: ORDERED (every frame, in order, backpressure) and LATEST (newest wins).
+
+Both bound what one stream can hold: ORDERED stops reading while `window` frames are in flight,
+which lets HTTP/2 flow control push back on the client; LATEST keeps one frame running and one
+waiting, and drops (and counts) a waiting frame when a newer one arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from segstream.v1 import segmentation_pb2 as pb
+
+# Segments one frame; the float is when the frame arrived (time.perf_counter()).
+Process = Callable[[pb.Frame, float], Coroutine[Any, Any, pb.SegmentResponse]]
+
+_END = object()
+
+
+async def ordered(frames: AsyncIterator[pb.Frame], process: Process, window: int) -> AsyncIterator[pb.SegmentResponse]:
+    slots = asyncio.Semaphore(window)
+    queue: asyncio.Queue[asyncio.Task[pb.SegmentResponse] | object] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for frame in frames:
+                received = time.perf_counter()
+                await slots.acquire()
+                queue.put_nowait(asyncio.create_task(process(frame, received)))
+        finally:
+            queue.put_nowait(_END)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (item := await queue.get()) is not _END:
+            assert isinstance(item, asyncio.Task)
+            response = await item
+            slots.release()
+            yield response
+        await reader  # surfaces a stream error the reader met
+    finally:
+        reader.cancel()
+        while not queue.empty():
+            pending = queue.get_nowait()
+            if isinstance(pending, asyncio.Task):
+                pending.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+
+
+async def latest(frames: AsyncIterator[pb.Frame], process: Process) -> AsyncIterator[pb.SegmentResponse]:
+    waiting: tuple[pb.Frame, float] | None = None
+    dropped = 0
+    reading_done = False
+    arrived = asyncio.Event()
+
+    async def read() -> None:
+        nonlocal waiting, dropped, reading_done
+        try:
+            async for frame in frames:
+                if waiting is not None:
+                    dropped += 1
+                waiting = (frame, time.perf_counter())
+                arrived.set()
+        finally:
+            reading_done = True
+            arrived.set()
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            if waiting is None:
+                if reading_done:
+                    break
+                # Clear before waiting and re-check after: no wake-up is lost on one event loop.
+                arrived.clear()
+                await arrived.wait()
+                continue
+            (frame, received), waiting = waiting, None
+            response = await process(frame, received)
+            response.dropped_frames = dropped
+            yield response
+        await reader
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
