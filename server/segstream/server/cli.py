@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -153,13 +152,17 @@ async def _serve(config: ServerConfig, grace: float) -> None:
     starting = asyncio.create_task(server.start())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if starting.done():
-        starting.result()  # raises a load failure
-        await stopping
-    else:
+    if not starting.done():
         starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
+    try:
+        await starting  # raises a load failure
+    except asyncio.CancelledError:
+        pass
+    except BaseException:
+        stopping.cancel()
+        await server.stop(0)
+        raise
+    await stopping
     log.info("stopping: finishing in-flight calls for up to %.1f s", grace)
     await server.stop(grace)
     log.info("stopped")

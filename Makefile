@@ -1,0 +1,55 @@
+# segstream: `make demo` runs the whole product end to end, `make test` proves it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# OpenCV's GUI build needs libGL and glib; without them use the headless build (same API, no windows).
+OPENCV_EXTRA ?= $(shell ldconfig -p 2>/dev/null | grep -q 'libGL.so.1' && ldconfig -p 2>/dev/null | grep -q 'libgthread-2.0.so.0' && echo gui || echo headless)
+STAMP := $(VENV)/.installed-$(OPENCV_EXTRA)
+PROTO_DIR := protos
+PROTO_OUT := $(PROTO_DIR)/segstream/v1
+
+.PHONY: help venv proto check lint typecheck proto-check test test-fast demo clean
+
+help:
+	@echo "make demo   - set up, then segment the bundled clip through a local server (writes demo-out/)"
+	@echo "make test   - lint, type-check and run the test suite"
+	@echo "make check  - ruff, mypy and the generated-code check only"
+	@echo "make proto  - regenerate the Python code from protos/"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(OPENCV_EXTRA),dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) \
+		--grpc_python_out=$(PROTO_DIR) $(PROTO_OUT)/segmentation.proto
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy server/segstream client/segstream models/segstream tests
+
+proto-check: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_proto_generated.py
+
+check: lint typecheck proto-check
+
+test: check
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -x
+
+demo: $(STAMP)
+	./scripts/demo.sh
+
+clean:
+	rm -rf demo-out .mypy_cache .ruff_cache .pytest_cache

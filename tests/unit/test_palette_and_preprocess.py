@@ -1,0 +1,50 @@
+"""The model card's palette, normalisation and resize rule."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+
+from segstream.client.palette import VOC_CLASSES, blend, class_share, colorize, voc_palette
+from segstream.server.preprocess import inference_shape, preprocess
+
+
+def test_palette_follows_the_card() -> None:
+    palette = voc_palette()
+    assert palette.shape == (21, 3) and tuple(palette[0]) == (0, 0, 0)
+    for k in range(1, 21):
+        expected = tuple(int(c * 255) for c in colorsys.hsv_to_rgb(k / 21, 0.75, 0.75))
+        assert tuple(int(v) for v in palette[k]) == expected
+    assert tuple(palette[15]) != tuple(palette[12])  # person and dog differ
+    assert len(VOC_CLASSES) == 21 and VOC_CLASSES[15] == "person"
+
+
+def test_colorize_blend_and_share() -> None:
+    labels = np.array([[0, 15], [15, 20]], np.uint8)
+    color = colorize(labels)
+    assert tuple(color[0, 1]) == tuple(voc_palette()[15])
+    image = np.full((2, 2, 3), 200, np.uint8)
+    mixed = blend(image, color)
+    assert tuple(mixed[0, 0]) == (100, 100, 100)
+    np.testing.assert_allclose(class_share(labels)[[0, 15, 20]], [0.25, 0.5, 0.25])
+    with pytest.raises(ValueError, match="differ in shape"):
+        blend(image, color[:1])
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "size", "expected"),
+    [(480, 640, 520, (520, 693)), (640, 480, 520, (693, 520)), (520, 520, 520, (520, 520)), (240, 320, 0, (240, 320))],
+)
+def test_short_side_resize_keeps_the_aspect(height: int, width: int, size: int, expected: tuple[int, int]) -> None:
+    assert inference_shape(height, width, size) == expected
+
+
+def test_normalisation_matches_the_card() -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    resized, tensor = preprocess(rgb, 0)
+    assert resized is rgb and tensor.shape == (3, 48, 64) and tensor.dtype == np.float32
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = ((rgb / 255.0 - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(tensor, expected, atol=1e-5)

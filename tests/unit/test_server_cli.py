@@ -1,0 +1,65 @@
+"""segstream-server's command line: documented options and one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from segstream.server.cli import build_parser, main
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for action in build_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        assert action.help, f"{action.option_strings} has no help text"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "no model to serve"),
+        (["--model", "/nonexistent/x.onnx"], "does not exist"),
+        (["--model", "a=/nonexistent/x.onnx", "--port", "70000"], "does not exist"),
+        (["--device", "tpu"], "invalid choice"),
+        (["--port", "abc"], "invalid int value"),
+    ],
+)
+def test_bad_input_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_bad_numbers_are_named(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--model", str(tiny_model), "--max-batch", "0"])
+    assert re.search(r"--max-batch 0: must be between 1 and", capsys.readouterr().err)
+
+
+def test_unreadable_model_fails_at_startup_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    assert main(["--model", str(broken), "--port", "0", "--host", "127.0.0.1", "--log-level", "ERROR"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("segstream-server: error: model broken: cannot read")
+
+
+def test_explicit_gpu_device_without_gpu_is_a_clear_startup_error(
+    tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segstream.server.providers import nvidia_gpu_present
+
+    if nvidia_gpu_present():
+        pytest.skip("this machine has an NVIDIA GPU: CUDA may really load")
+    code = main(["--model", str(tiny_model), "--device", "cuda", "--port", "0", "--host", "127.0.0.1"])
+    assert code == 1
+    assert "asked for CUDAExecutionProvider" in capsys.readouterr().err
