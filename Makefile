@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(OPENCV_EXTRA)
 PROTO_DIR := protos
 PROTO_OUT := $(PROTO_DIR)/segstream/v1
 
-.PHONY: help venv proto check lint typecheck proto-check test test-fast demo clean
+.PHONY: help venv proto check lint typecheck proto-check interop-deps test test-fast demo clean
 
 help:
 	@echo "make demo   - set up, then segment the bundled clip through a local server (writes demo-out/)"
@@ -42,10 +42,16 @@ proto-check: $(STAMP)
 
 check: lint typecheck proto-check
 
-test: check
+# The cross-language client test needs its npm packages (Node.js itself comes from the venv).
+interop-deps: tests/interop/node/node_modules/.package-lock.json
+
+tests/interop/node/node_modules/.package-lock.json: tests/interop/node/package-lock.json $(STAMP)
+	cd tests/interop/node && PATH="$(abspath $(BIN)):$$PATH" npm ci --no-audit --no-fund --silent
+
+test: check interop-deps
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) interop-deps
 	$(BIN)/pytest -q -x
 
 demo: $(STAMP)
