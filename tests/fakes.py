@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segstream.server.engine import F32Array
+from segstream.server.engine import BatchResult, U8Array
 
 
 class GatedModel:
-    """Logits that favour class (row index % 21); each run waits for `gate` and may fail on demand."""
+    """Labels equal to (row index % 21); each run waits for `gate` and may fail on demand."""
 
     name = "gated"
     provider = "CPUExecutionProvider"
@@ -25,17 +25,19 @@ class GatedModel:
         self.runs = 0
         self.fail_when_mean_below: float | None = None
 
-    def run(self, head: str, batch: Sequence[F32Array]) -> F32Array:
+    def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
         if not self.gate.wait(timeout=30):
             raise TimeoutError("gate never opened")
         self.runs += 1
-        if self.fail_when_mean_below is not None and any(t.mean() < self.fail_when_mean_below for t in batch):
+        if self.fail_when_mean_below is not None and any(f.mean() < self.fail_when_mean_below for f in frames):
             raise RuntimeError("simulated device failure")
-        n, _, height, width = len(batch), *batch[0].shape
-        logits = np.zeros((n, self.num_classes, height, width), np.float32)
-        rows = np.arange(height) % self.num_classes
-        logits[:, rows, np.arange(height), :] = 1.0
-        return logits
+        n = len(frames)
+        rows = (np.arange(output_size[0]) % self.num_classes).astype(np.uint8)
+        labels = np.broadcast_to(rows[None, :, None], (n, *output_size)).copy()
+        share = np.stack(
+            [np.bincount(labels[i].ravel(), minlength=self.num_classes) / labels[i].size for i in range(n)]
+        )
+        return BatchResult(labels, np.ones(n, np.float32), share.astype(np.float32))
 
     def close(self) -> None:
         pass

@@ -127,12 +127,12 @@ class SegstreamServer:
         # The first run of each head allocates ONNX Runtime's arenas (and on a GPU picks kernels);
         # doing it here keeps that cost out of the first client's latency.
         height, width = inference_shape(480, 640, self.config.size)
-        tensor = np.zeros((3, height, width), np.float32)
+        frame = np.zeros((height, width, 3), np.uint8)
         loop = asyncio.get_running_loop()
         assert self._infer_pool is not None
         for name, model in self.pipeline.models.items():
             for head in model.heads:
-                await loop.run_in_executor(self._infer_pool, model.run, head, [tensor])
+                await loop.run_in_executor(self._infer_pool, model.run, head, [frame], (480, 640))
                 log.info("warmed up %s/%s at %dx%d", name, head, width, height)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:

@@ -6,18 +6,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 F32Array = npt.NDArray[np.float32]
+U8Array = npt.NDArray[np.uint8]
 
 HEADS: tuple[str, ...] = ("out", "aux")
 
 
 class EngineError(RuntimeError):
     """A model that cannot be loaded or run; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What the serving graph returns for a batch of N frames."""
+
+    labels: U8Array  # [N, out_height, out_width] class ids
+    confidence: F32Array  # [N] mean over pixels of the maximum logit
+    class_share: F32Array  # [N, classes] fraction of label pixels per class
 
 
 class Model(Protocol):
@@ -42,11 +53,11 @@ class Model(Protocol):
         """True when the weights are random (masks are meaningless)."""
         ...
 
-    def run(self, head: str, batch: Sequence[F32Array]) -> F32Array:
-        """Logits [N, classes, H, W] for N normalized 3xHxW tensors of one shape.
+    def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
+        """Segments N HxWx3 RGB uint8 frames of one shape (already at the inference size).
 
-        The result may be a view into a buffer owned by the calling thread, valid until that
-        thread's next `run`: consume it before running again.
+        Labels come back at `output_size` (height, width). The arrays may be views into buffers
+        owned by the calling thread, valid until that thread's next `run`: consume them first.
         """
         ...
 

@@ -1,9 +1,10 @@
-"""ONNX Runtime implementation of the Model seam, with IOBinding on every run.
+"""ONNX Runtime implementation of the Model seam: serving graphs run with IOBinding.
 
-Each head gets its own session on a graph pruned to that head, so the other head costs nothing.
-Each worker thread owns its bindings and pre-allocated buffers (keyed by batch shape), reused
-across frames; the same path serves CPU and GPU providers: on a GPU the input lives on the device
-and ONNX Runtime copies the logits into the bound host buffer.
+Each head gets its own session on the serving graph of that head (segstream.models.serving), so
+the other head costs nothing and only uint8 frames go in and uint8 labels (plus two small score
+tensors) come out. Each worker thread owns its bindings and pre-allocated buffers, keyed by batch
+shape and reused across frames; the same path serves CPU and GPU providers: on a GPU the frames
+are copied into a device buffer and ONNX Runtime writes the results into the bound host buffers.
 """
 
 from __future__ import annotations
@@ -19,24 +20,26 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from segstream.models.graph import keep_outputs
+from segstream.models.graph import is_synthetic
+from segstream.models.serving import CLASS_SHARE, CONFIDENCE, FRAMES, LABELS, OUTPUT_SIZE, serving_graph
 from segstream.server.config import Device, ModelSpec
-from segstream.server.engine import HEADS, EngineError, F32Array
+from segstream.server.engine import HEADS, BatchResult, EngineError, U8Array
 from segstream.server.providers import CPU, check_loaded, provider_list
 
 log = logging.getLogger(__name__)
 
 # Distinct batch shapes whose buffers one worker keeps; frames of a stream share one shape,
-# so a handful covers several streams with different aspect ratios.
+# so a handful covers several streams with different frame sizes.
 _BINDINGS_PER_WORKER = 8
 
 
 @dataclass
 class _Binding:
     io: Any  # onnxruntime.IOBinding
-    host_input: F32Array
-    device_input: Any  # onnxruntime.OrtValue on the device, or None on the CPU
-    output: F32Array
+    frames: U8Array  # host staging buffer [N, H, W, 3]
+    device_frames: Any  # onnxruntime.OrtValue on the device, or None on the CPU
+    output_size: Any  # keeps the bound int64 [2] buffer alive
+    result: BatchResult
 
 
 class OrtModel:
@@ -55,33 +58,26 @@ class OrtModel:
         except Exception as exc:
             raise EngineError(f"model {spec.name}: cannot read {spec.path}: {exc}") from exc
         outputs = [o.name for o in proto.graph.output]
-        inputs = [i.name for i in proto.graph.input]
-        if "input" not in inputs:
-            raise EngineError(f"model {spec.name}: {spec.path} has no input named 'input' (inputs: {inputs})")
         self._heads = tuple(h for h in heads if h in outputs)
         if not self._heads:
             raise EngineError(f"model {spec.name}: none of the heads {list(heads)} among outputs {outputs}")
-        meta = {p.key: p.value for p in proto.metadata_props}
-        self._synthetic = meta.get("segstream.synthetic") == "true"
+        self._synthetic = is_synthetic(proto)
         self._num_classes = _num_classes(proto, self._heads[0])
         self._providers = provider_list(device)
-        self._device_type = "cpu"
-        self._sessions: dict[str, ort.InferenceSession] = {}
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        self._sessions: dict[str, ort.InferenceSession] = {}
         for head in self._heads:
-            graph = keep_outputs(proto, [head]).SerializeToString()
             try:
+                graph = serving_graph(proto, head).SerializeToString()
                 session = ort.InferenceSession(graph, options, providers=self._providers)
             except Exception as exc:
                 raise EngineError(f"model {spec.name}: ONNX Runtime cannot load {spec.path}: {exc}") from exc
             self._provider = check_loaded(device, self._providers, session, spec.name)
             self._sessions[head] = session
-        del proto
-        if self._provider != CPU:
-            self._device_type = "cuda"
+        self._on_device = self._provider != CPU
         self._local = threading.local()
 
     @property
@@ -104,48 +100,64 @@ class OrtModel:
     def synthetic(self) -> bool:
         return self._synthetic
 
-    def run(self, head: str, batch: Sequence[F32Array]) -> F32Array:
+    def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
         session = self._sessions.get(head)
         if session is None:
             raise EngineError(f"model {self._name} does not serve head {head!r} (heads: {list(self._heads)})")
-        shape = (len(batch), *batch[0].shape)
-        binding = self._binding(head, session, shape)
-        for i, tensor in enumerate(batch):
-            binding.host_input[i] = tensor
-        if binding.device_input is not None:
-            binding.device_input.update_inplace(binding.host_input)
+        binding = self._binding(head, session, (len(frames), *frames[0].shape), output_size)
+        for i, frame in enumerate(frames):
+            binding.frames[i] = frame
+        if binding.device_frames is not None:
+            binding.device_frames.update_inplace(binding.frames)
         session.run_with_iobinding(binding.io)
         binding.io.synchronize_outputs()
-        return binding.output
+        return binding.result
 
-    def _binding(self, head: str, session: ort.InferenceSession, shape: tuple[int, ...]) -> _Binding:
+    def _binding(
+        self, head: str, session: ort.InferenceSession, shape: tuple[int, ...], output_size: tuple[int, int]
+    ) -> _Binding:
         cache: OrderedDict[tuple[Any, ...], _Binding] | None = getattr(self._local, "cache", None)
         if cache is None:
             cache = self._local.cache = OrderedDict()
-        key = (head, *shape)
+        key = (head, *shape, *output_size)
         found = cache.get(key)
         if found is not None:
             cache.move_to_end(key)
             return found
-        binding = self._new_binding(head, session, shape)
+        binding = self._new_binding(session, shape, output_size)
         cache[key] = binding
         if len(cache) > _BINDINGS_PER_WORKER:
             cache.popitem(last=False)
         return binding
 
-    def _new_binding(self, head: str, session: ort.InferenceSession, shape: tuple[int, ...]) -> _Binding:
-        host_input = np.empty(shape, np.float32)
-        output = np.empty((shape[0], self._num_classes, shape[2], shape[3]), np.float32)
+    def _new_binding(
+        self, session: ort.InferenceSession, shape: tuple[int, ...], output_size: tuple[int, int]
+    ) -> _Binding:
+        n = shape[0]
+        frames = np.empty(shape, np.uint8)
+        size = np.array(output_size, np.int64)
+        result = BatchResult(
+            labels=np.empty((n, *output_size), np.uint8),
+            confidence=np.empty(n, np.float32),
+            class_share=np.empty((n, self._num_classes), np.float32),
+        )
         io = session.io_binding()
-        device_input = None
-        if self._device_type == "cpu":
-            # The session reads the host buffer in place: no copy at all.
-            io.bind_input("input", "cpu", 0, np.float32, list(shape), host_input.ctypes.data)
+        device_frames = None
+        if self._on_device:
+            device_frames = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.uint8, "cuda", 0)
+            io.bind_ortvalue_input(FRAMES, device_frames)
         else:
-            device_input = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, "cuda", 0)
-            io.bind_ortvalue_input("input", device_input)
-        io.bind_output(head, "cpu", 0, np.float32, list(output.shape), output.ctypes.data)
-        return _Binding(io=io, host_input=host_input, device_input=device_input, output=output)
+            # The session reads the host buffer in place: no copy at all.
+            io.bind_input(FRAMES, "cpu", 0, np.uint8, list(shape), frames.ctypes.data)
+        # Resize reads its target size on the host whatever the provider.
+        io.bind_input(OUTPUT_SIZE, "cpu", 0, np.int64, [2], size.ctypes.data)
+        for name, array in (
+            (LABELS, result.labels),
+            (CONFIDENCE, result.confidence),
+            (CLASS_SHARE, result.class_share),
+        ):
+            io.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        return _Binding(io=io, frames=frames, device_frames=device_frames, output_size=size, result=result)
 
     def close(self) -> None:
         self._sessions.clear()

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
-import numpy.typing as npt
 
 from segstream.client import codec
 from segstream.server.batcher import Batcher
-from segstream.server.engine import F32Array, Model
+from segstream.server.engine import Model, U8Array
 from segstream.server.errors import InvalidConfigError, status_for
 from segstream.server.postprocess import OutputSpec, postprocess
-from segstream.server.preprocess import preprocess
+from segstream.server.preprocess import inference_shape, resize_rgb
 from segstream.v1 import segmentation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -41,9 +40,8 @@ class StreamSettings:
 
 @dataclass
 class _Work:
-    tensor: F32Array
-    frame: npt.NDArray[Any]
-    resized: npt.NDArray[Any]
+    resized: U8Array  # network input: the frame at the inference size
+    image: U8Array  # the frame at the output resolution, for the overlay
     spec: OutputSpec
     response: pb.SegmentResponse
 
@@ -101,11 +99,13 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         timings = response.timings
         try:
-            rgb, resized, tensor = await loop.run_in_executor(self._decode_pool, self._prepare, frame)
+            rgb, resized = await loop.run_in_executor(self._decode_pool, self._prepare, frame)
             response.inference_width, response.inference_height = resized.shape[1], resized.shape[0]
             timings.decode_ms = (time.perf_counter() - received) * 1e3
-            work = _Work(tensor, rgb, resized, settings.spec, response)
-            key = (settings.model, settings.head, tensor.shape)
+            image = rgb if settings.spec.resolution == pb.OUTPUT_RESOLUTION_FRAME else resized
+            work = _Work(resized, image, settings.spec, response)
+            # Frames batch together when they share model, head, inference and output shape.
+            key = (settings.model, settings.head, resized.shape, image.shape[:2])
             (inference_s, post_s), queued_s = await self.batcher.submit(key, work)
             timings.queue_ms = queued_s * 1e3
             timings.inference_ms = inference_s * 1e3
@@ -120,18 +120,17 @@ class Pipeline:
         timings.total_ms = (time.perf_counter() - received) * 1e3
         return response
 
-    def _prepare(self, frame: pb.Frame) -> tuple[npt.NDArray[Any], npt.NDArray[Any], F32Array]:
+    def _prepare(self, frame: pb.Frame) -> tuple[U8Array, U8Array]:
         rgb = codec.decode_frame(frame, self._max_pixels)
-        resized, tensor = preprocess(rgb, self._size)
-        return rgb, resized, tensor
+        return rgb, resize_rgb(rgb, inference_shape(rgb.shape[0], rgb.shape[1], self._size))
 
     def run_batch(self, key: Hashable, items: Sequence[_Work]) -> list[Any]:
         """Runs in an inference worker thread: the model on the batch, then each frame's postprocess."""
-        model_name, head, _ = cast(tuple[str, str, Any], key)
+        model_name, head, _, output_size = cast(tuple[str, str, Any, tuple[int, int]], key)
         model = self.models[model_name]
         started = time.perf_counter()
         try:
-            logits = model.run(head, [item.tensor for item in items])
+            batch = model.run(head, [item.resized for item in items], output_size)
         except Exception as exc:
             if len(items) == 1:
                 return [exc]
@@ -142,7 +141,14 @@ class Pipeline:
         for i, item in enumerate(items):
             post_started = time.perf_counter()
             try:
-                postprocess(logits[i], item.frame, item.resized, item.spec, item.response)
+                postprocess(
+                    batch.labels[i],
+                    float(batch.confidence[i]),
+                    batch.class_share[i],
+                    item.image,
+                    item.spec,
+                    item.response,
+                )
             except Exception as exc:
                 results.append(exc)
                 continue

@@ -1,22 +1,21 @@
-"""Network logits -> the results a stream asked for (label mask, colour mask, overlay, scores).
+"""The serving graph's label map and scores -> the results a stream asked for.
 
-Runs in the inference worker right after the network, while the worker's output buffer is valid.
+Runs in the inference worker right after the network, while the worker's output buffers are valid.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from segstream.client import codec
-from segstream.client.palette import blend, class_share, colorize
+from segstream.client.palette import blend, colorize
 from segstream.v1 import segmentation_pb2 as pb
 
-F32Array = npt.NDArray[np.float32]
 U8Array = npt.NDArray[np.uint8]
+F32Array = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -32,57 +31,30 @@ class OutputSpec:
     def wants(self, output: int) -> bool:
         return output in self.outputs
 
-    @property
-    def needs_labels(self) -> bool:
-        return bool(self.outputs - {pb.OUTPUT_CONFIDENCE})
-
-
-def resize_logits(logits: F32Array, height: int, width: int) -> F32Array:
-    """Bilinear (half-pixel centres, as the network's own upsampling) resize of CxHxW logits."""
-    if logits.shape[1:] == (height, width):
-        return logits
-    out = np.empty((logits.shape[0], height, width), np.float32)
-    # Channel by channel: cv2 is fastest on single-channel planes and needs no HWC transpose.
-    for c in range(logits.shape[0]):
-        cv2.resize(logits[c], (width, height), dst=out[c], interpolation=cv2.INTER_LINEAR)
-    return out
-
-
-def argmax_labels(logits: F32Array) -> U8Array:
-    labels: U8Array = np.argmax(logits, axis=0).astype(np.uint8)
-    return labels
-
-
-def confidence(logits: F32Array) -> float:
-    """The model card's frame score: mean over pixels of the maximum logit."""
-    return float(np.max(logits, axis=0).mean(dtype=np.float64))
-
 
 def postprocess(
-    logits: F32Array,
-    frame: U8Array,
-    resized: U8Array,
+    labels: U8Array,
+    confidence: float,
+    share: F32Array,
+    image: U8Array,
     spec: OutputSpec,
     response: pb.SegmentResponse,
 ) -> None:
-    """Fill the requested result fields of `response` from one frame's CxHxW logits.
+    """Fill the requested result fields of `response`.
 
-    `frame` is the decoded RGB frame, `resized` the same frame at the inference resolution.
+    `labels` is the HxW class-id map at the output resolution and `image` the RGB frame at that
+    same resolution (for the overlay).
     """
     if spec.wants(pb.OUTPUT_CONFIDENCE):
-        response.confidence = confidence(logits)
-    if not spec.needs_labels:
-        return
-    image = frame if spec.resolution == pb.OUTPUT_RESOLUTION_FRAME else resized
-    labels = argmax_labels(resize_logits(logits, image.shape[0], image.shape[1]))
-    num_classes = logits.shape[0]
+        response.confidence = confidence
+    if spec.wants(pb.OUTPUT_CLASS_SHARE):
+        response.class_share.extend(share.tolist())
     if spec.wants(pb.OUTPUT_LABEL_MASK):
         response.label_mask.CopyFrom(codec.encode_mask(labels, spec.mask_encoding))
     if spec.wants(pb.OUTPUT_COLOR_MASK) or spec.wants(pb.OUTPUT_OVERLAY):
-        color = colorize(labels, num_classes)
+        color = colorize(labels, len(share))
         if spec.wants(pb.OUTPUT_COLOR_MASK):
             response.color_mask.CopyFrom(codec.encode_image(color, spec.image_encoding, spec.jpeg_quality))
         if spec.wants(pb.OUTPUT_OVERLAY):
-            response.overlay.CopyFrom(codec.encode_image(blend(image, color), spec.image_encoding, spec.jpeg_quality))
-    if spec.wants(pb.OUTPUT_CLASS_SHARE):
-        response.class_share.extend(class_share(labels, num_classes).tolist())
+            overlay = blend(image, color)
+            response.overlay.CopyFrom(codec.encode_image(overlay, spec.image_encoding, spec.jpeg_quality))

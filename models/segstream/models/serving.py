@@ -1,0 +1,109 @@
+"""The serving graph: an FCN wrapped so that only uint8 data enters and leaves the device.
+
+    frames      uint8 [N, H, W, 3] RGB at the inference size
+    output_size int64 [2]          (height, width) the label map is wanted at
+ -> labels      uint8 [N, Hout, Wout]  argmax class ids after bilinear (half-pixel) resize of the logits
+    confidence  float [N]              mean over pixels of the maximum logit, at the inference size
+    class_share float [N, classes]     fraction of `labels` pixels of each class
+
+Normalisation (the model card's mean/std) runs as the first nodes; the other head is removed.
+Every operator is opset 11 and runs on ONNX Runtime's CUDA provider.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from segstream.models.graph import keep_outputs
+
+FRAMES = "frames"
+OUTPUT_SIZE = "output_size"
+LABELS = "labels"
+CONFIDENCE = "confidence"
+CLASS_SHARE = "class_share"
+SERVING_OUTPUTS = (LABELS, CONFIDENCE, CLASS_SHARE)
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+_P = "segstream_serving_"  # prefix that keeps added names clear of the model's own
+
+
+def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(array, _P + name)
+
+
+def serving_graph(model: onnx.ModelProto, head: str = "out") -> onnx.ModelProto:
+    """The serving graph of an FCN with input `input` (float NCHW) and logits output `head`."""
+    pruned = keep_outputs(model, [head])
+    graph = pruned.graph
+    model_input = next((i for i in graph.input if i.name == "input"), None)
+    if model_input is None:
+        raise ValueError("the model has no input named 'input'")
+    dims = model_input.type.tensor_type.shape.dim
+    classes = next(o for o in graph.output if o.name == head).type.tensor_type.shape.dim[1].dim_value or 21
+    graph.input.remove(model_input)
+    scale = (1.0 / (255.0 * np.array(STD, np.float32))).reshape(1, 3, 1, 1).astype(np.float32)
+    offset = (-np.array(MEAN, np.float32) / np.array(STD, np.float32)).reshape(1, 3, 1, 1).astype(np.float32)
+    graph.initializer.extend(
+        [
+            _const("scale", scale),
+            _const("offset", offset),
+            _const("empty_f", np.zeros(0, np.float32)),
+            _const("two", np.array([2], np.int64)),
+            _const("zero", np.array([0], np.int64)),
+            _const("classes", np.arange(classes, dtype=np.int64).reshape(1, classes, 1, 1)),
+        ]
+    )
+    pre = [
+        # Transpose while still uint8: a quarter of the bytes to move.
+        helper.make_node("Transpose", [FRAMES], [_P + "nchw_u8"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", [_P + "nchw_u8"], [_P + "nchw"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [_P + "nchw", _P + "scale"], [_P + "scaled"]),
+        helper.make_node("Add", [_P + "scaled", _P + "offset"], ["input"]),
+    ]
+    logits = head
+    post = [
+        helper.make_node("ReduceMax", [logits], [_P + "max"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMean", [_P + "max"], [CONFIDENCE], axes=[1, 2], keepdims=0),
+        helper.make_node("Shape", [logits], [_P + "shape"]),
+        helper.make_node("Slice", [_P + "shape", _P + "zero", _P + "two"], [_P + "nc"]),
+        helper.make_node("Concat", [_P + "nc", OUTPUT_SIZE], [_P + "sizes"], axis=0),
+        helper.make_node(
+            "Resize",
+            [logits, _P + "empty_f", _P + "empty_f", _P + "sizes"],
+            [_P + "resized"],
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        ),
+        helper.make_node("ArgMax", [_P + "resized"], [_P + "argmax"], axis=1, keepdims=1),
+        helper.make_node("Cast", [_P + "argmax"], [_P + "labels4"], to=TensorProto.UINT8),
+        helper.make_node("Squeeze", [_P + "labels4"], [LABELS], axes=[1]),
+        helper.make_node("Equal", [_P + "argmax", _P + "classes"], [_P + "onehot"]),
+        helper.make_node("Cast", [_P + "onehot"], [_P + "onehot_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", [_P + "onehot_f"], [CLASS_SHARE], axes=[2, 3], keepdims=0),
+    ]
+    nodes = [*pre, *graph.node, *post]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info(FRAMES, TensorProto.UINT8, [_dim(dims[0]), _dim(dims[2]), _dim(dims[3]), 3]),
+            helper.make_tensor_value_info(OUTPUT_SIZE, TensorProto.INT64, [2]),
+        ]
+    )
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(LABELS, TensorProto.UINT8, [_dim(dims[0]), "out_height", "out_width"]),
+            helper.make_tensor_value_info(CONFIDENCE, TensorProto.FLOAT, [_dim(dims[0])]),
+            helper.make_tensor_value_info(CLASS_SHARE, TensorProto.FLOAT, [_dim(dims[0]), classes]),
+        ]
+    )
+    onnx.checker.check_model(pruned)
+    return pruned
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> str | int:
+    return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?")
