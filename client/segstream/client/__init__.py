@@ -1,0 +1,54 @@
+"""segstream client: send video frames to a segstream server, get segmentation masks back.
+
+Example:
+    >>> from segstream.client import SegmentationClient, StreamOptions
+    >>> with SegmentationClient("localhost:50051") as client:  # doctest: +SKIP
+    ...     client.wait_ready(timeout=10)
+    ...     for result in client.stream(frames, StreamOptions(outputs=("label_mask",))):
+    ...         print(result.frame_id, result.latency_ms)
+
+`segstream.client.codec` and `segstream.client.palette` hold the wire<->numpy conversions and mask
+rendering; the exception hierarchy is documented in `SegstreamError`'s module, summarised here:
+SegstreamError > ServerUnavailableError (> ServerNotReadyError), DeadlineExceededError,
+InvalidRequestError, ResourceExhaustedError, AuthenticationError, ServerError.
+"""
+
+from __future__ import annotations
+
+from segstream.client._async_client import AsyncSegmentationClient
+from segstream.client._errors import (
+    AuthenticationError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    ResourceExhaustedError,
+    SegstreamError,
+    ServerError,
+    ServerNotReadyError,
+    ServerUnavailableError,
+)
+from segstream.client._frames import FrameInput, FrameLike
+from segstream.client._options import StreamOptions
+from segstream.client._results import FrameError, ModelInfo, SegmentResult, StageTimings
+from segstream.client._sync_client import SegmentationClient
+from segstream.client.codec import InvalidFrameError
+
+__all__ = [
+    "AsyncSegmentationClient",
+    "AuthenticationError",
+    "DeadlineExceededError",
+    "FrameError",
+    "FrameInput",
+    "FrameLike",
+    "InvalidFrameError",
+    "InvalidRequestError",
+    "ModelInfo",
+    "ResourceExhaustedError",
+    "SegmentResult",
+    "SegmentationClient",
+    "SegstreamError",
+    "ServerError",
+    "ServerNotReadyError",
+    "ServerUnavailableError",
+    "StageTimings",
+    "StreamOptions",
+]

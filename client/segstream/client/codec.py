@@ -13,7 +13,13 @@ from __future__ import annotations
 import time
 from typing import Literal, cast
 
-import cv2
+try:
+    import cv2
+except ImportError as exc:  # OpenCV comes in two builds that cannot be installed together
+    raise ImportError(
+        "segstream needs OpenCV: pip install 'segstream[headless]' (no display needed) "
+        "or 'segstream[gui]' (live webcam window; needs libGL)"
+    ) from exc
 import numpy as np
 import numpy.typing as npt
 from google.protobuf.timestamp_pb2 import Timestamp

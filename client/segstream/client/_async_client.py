@@ -1,0 +1,242 @@
+"""`AsyncSegmentationClient`: the same client over grpc.aio, for asyncio programs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2_grpc
+
+from segstream.client._channel import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TARGET,
+    HEALTH_REQUEST,
+    ChannelOption,
+    ReadyWait,
+    as_frame_input,
+    channel_options,
+    check_max_in_flight,
+    image_request,
+    segmentation_stub,
+)
+from segstream.client._errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    SegstreamError,
+    ServerError,
+    ServerUnavailableError,
+    status_was_lost,
+    translating_rpc_errors,
+)
+from segstream.client._frames import FrameEncoder, FrameLike, SendLog, check_wire_settings
+from segstream.client._options import DEFAULT_OPTIONS, StreamOptions
+from segstream.client._results import ModelInfo, SegmentResult
+from segstream.client.codec import PixelFormatName, WireEncoding
+from segstream.v1 import segmentation_pb2 as pb
+
+
+def _next_frame(iterator: Iterator[FrameLike]) -> FrameLike | None:
+    return next(iterator, None)
+
+
+async def _aiterate(frames: Iterable[FrameLike] | AsyncIterable[FrameLike]) -> AsyncIterator[FrameLike]:
+    if isinstance(frames, AsyncIterable):
+        async for item in frames:
+            yield item
+        return
+    iterator: Iterator[FrameLike] = iter(frames)
+    while True:
+        # A plain iterator may block (a camera read); a worker thread keeps the event loop free.
+        frame = await asyncio.to_thread(_next_frame, iterator)
+        if frame is None:  # frames are never None, so it marks the end
+            return
+        yield frame
+
+
+class AsyncSegmentationClient:
+    """The asyncio twin of `SegmentationClient`: same arguments, same results, awaitable calls.
+
+    Example:
+        >>> async with AsyncSegmentationClient("localhost:50051") as client:  # doctest: +SKIP
+        ...     await client.wait_ready(timeout=10)
+        ...     async for result in client.stream(frames, StreamOptions(outputs=("overlay",))):
+        ...         show(result.overlay)
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        wire_encoding: WireEncoding = "raw",
+        pixel_format: PixelFormatName = "bgr",
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        timeout: float | None = None,
+        wait_for_ready: bool = False,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[ChannelOption] = (),
+        wire_jpeg_quality: int = 90,
+    ) -> None:
+        check_wire_settings(pixel_format, wire_encoding, wire_jpeg_quality)
+        check_max_in_flight(max_in_flight)
+        self.target = target
+        self._wire = (pixel_format, wire_encoding, wire_jpeg_quality)
+        self._max_in_flight = max_in_flight
+        self._timeout = timeout
+        self._wait_for_ready = wait_for_ready
+        opts = channel_options(max_message_bytes, options)
+        self._channel = (
+            grpc.aio.insecure_channel(target, opts)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials, opts)
+        )
+        self._stub = segmentation_stub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def stream(
+        self,
+        frames: Iterable[FrameLike] | AsyncIterable[FrameLike],
+        options: StreamOptions = DEFAULT_OPTIONS,
+    ) -> AsyncGenerator[SegmentResult, None]:
+        """Segment a sync or async iterable of frames; yields results in send order.
+
+        Behaves like `SegmentationClient.stream`: at most `max_in_flight` unanswered frames under
+        policy "ordered", frames sent as they come under "latest", leaving the loop cancels the
+        stream, and an exception from `frames` is re-raised after the results already due.
+        An async generator left early is only finalised later by the event loop; wrap it in
+        `contextlib.aclosing` to cancel the stream at once.
+        """
+        log = SendLog()
+        window = asyncio.Semaphore(self._max_in_flight) if options.policy == "ordered" else None
+        failure: list[Exception] = []
+        call = self._stub.Segment(wait_for_ready=self._wait_for_ready)
+        writer = asyncio.create_task(self._write(call, frames, options, log, window, failure))
+        try:
+            with translating_rpc_errors(self.target):
+                async for resp in call:
+                    if window is not None:
+                        window.release()
+                    yield SegmentResult.from_proto(resp, log.answered(resp.frame_id))
+        except ServerError as exc:
+            if not status_was_lost(exc):
+                raise
+            raise await self._diagnose(options, exc) from exc.__cause__
+        finally:
+            writer.cancel()
+            call.cancel()
+        if failure:
+            raise failure[0]
+
+    async def _diagnose(self, options: StreamOptions, error: SegstreamError) -> SegstreamError:
+        # grpc.aio lost the server's reason for ending the stream. The usual one is a model or head
+        # the server does not have, which the model list can tell; otherwise keep the explanation.
+        try:
+            models = await self.models(timeout=5.0)
+        except SegstreamError:
+            return error
+        served = {m.name: m for m in models}
+        model = served.get(options.model) or next((m for m in models if m.is_default), None)
+        if options.model and options.model not in served:
+            message = f"unknown model {options.model!r}; the server serves {sorted(served)}"
+        elif model is not None and model.heads and options.head not in model.heads:
+            message = f"model {model.name!r} has no {options.head!r} head; it offers {list(model.heads)}"
+        else:
+            return error
+        code = grpc.StatusCode.INVALID_ARGUMENT
+        return InvalidRequestError(f"{code.name} from {self.target}: {message}", code)
+
+    async def _write(
+        self,
+        call: Any,
+        frames: Iterable[FrameLike] | AsyncIterable[FrameLike],
+        options: StreamOptions,
+        log: SendLog,
+        window: asyncio.Semaphore | None,
+        failure: list[Exception],
+    ) -> None:
+        encoder = FrameEncoder(*self._wire)
+        try:
+            await call.write(pb.SegmentRequest(config=options.to_proto()))
+            source = _aiterate(frames)
+            while True:
+                # A slot first, then the frame: a camera frame is read when it can be sent, not before.
+                if window is not None:
+                    await window.acquire()
+                item = await anext(source, None)
+                if item is None:
+                    break
+                request = encoder.request(item)
+                log.sent(request.frame.frame_id)
+                await call.write(request)
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            # The call is over; the reading side reports why.
+            return
+        except Exception as exc:
+            # From `frames` or a bad frame: stop sending, and let stream() raise it after the results.
+            failure.append(exc)
+        with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
+            await call.done_writing()
+
+    async def segment(
+        self,
+        image: FrameLike,
+        options: StreamOptions = DEFAULT_OPTIONS,
+        *,
+        frame_id: int = 0,
+        timestamp_ns: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, sent to the server
+    ) -> SegmentResult:
+        """Segment one image (SegmentImage); a problem with the image comes back in `result.error`."""
+        encoder = FrameEncoder(*self._wire)
+        request = image_request(encoder, as_frame_input(image, frame_id, timestamp_ns), options)
+        sent_at = time.perf_counter()
+        with translating_rpc_errors(self.target):
+            resp = await self._stub.SegmentImage(
+                request, timeout=self._deadline(timeout), wait_for_ready=self._wait_for_ready
+            )
+        return SegmentResult.from_proto(resp, sent_at)
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:  # noqa: ASYNC109
+        """The models the server serves."""
+        with translating_rpc_errors(self.target):
+            resp = await self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._deadline(timeout), wait_for_ready=self._wait_for_ready
+            )
+        return [ModelInfo.from_proto(m) for m in resp.models]
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Return once the server's health check reports SERVING; ServerNotReadyError after `timeout`."""
+        wait = ReadyWait(self.target, timeout)
+        while (attempt := wait.next_attempt()) is not None:
+            try:
+                with translating_rpc_errors(self.target):
+                    resp = await self._health.Check(HEALTH_REQUEST, timeout=attempt, wait_for_ready=True)
+            except (ServerUnavailableError, DeadlineExceededError) as exc:
+                wait.failed(exc)
+            else:
+                if wait.answered(resp.status):
+                    return
+            await asyncio.sleep(wait.pause())
+        raise wait.error()
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self._timeout if timeout is None else timeout
+
+    async def close(self) -> None:
+        """Close the channel; calls in progress are cancelled."""
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncSegmentationClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

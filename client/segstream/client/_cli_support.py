@@ -1,0 +1,172 @@
+"""Pieces the `segstream-client` commands share: errors, frame reading, statistics, model checks."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segstream.client._results import ModelInfo
+from segstream.client._sync_client import SegmentationClient
+from segstream.client.codec import U8Array, as_u8
+from segstream.client.palette import voc_palette
+
+PROG = "segstream-client"
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one `segstream-client: error: ...` line."""
+
+
+def warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+
+class FrameReader:
+    """Frames of a cv2.VideoCapture, safe to read on one thread and close from another.
+
+    The client reads frames on a gRPC thread; closing the capture while that thread is inside
+    `read()` could crash OpenCV, so reads and the close take turns under one lock.
+    """
+
+    def __init__(self, capture: cv2.VideoCapture, max_frames: int | None, pace_fps: float | None = None) -> None:
+        self._capture = capture
+        self._max_frames = max_frames
+        self._period = 1.0 / pace_fps if pace_fps else 0.0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.count = 0
+
+    def __iter__(self) -> Iterator[U8Array]:
+        due = time.monotonic()
+        while self._max_frames is None or self.count < self._max_frames:
+            if self._period:
+                # A file standing in for a camera is read at its own frame rate, as a camera would be;
+                # a camera that was not read in time skips ahead rather than bursting to catch up.
+                now = time.monotonic()
+                if due > now:
+                    time.sleep(due - now)
+                due = max(due, now) + self._period
+            with self._lock:
+                if self._closed:
+                    return
+                ok, frame = self._capture.read()
+            if not ok or frame is None:
+                return
+            self.count += 1
+            yield as_u8(frame)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._capture.release()
+
+
+def open_capture(source: str | int, what: str) -> cv2.VideoCapture:
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise CliError(f"cannot open {what} {source!r}: it is missing or not something OpenCV can read")
+    return capture
+
+
+class LatencyStats:
+    """Client-side latencies in ms; `window` keeps only the most recent ones (live statistics)."""
+
+    def __init__(self, window: int | None = None) -> None:
+        self._values: deque[float] = deque(maxlen=window)
+
+    def add(self, latency_ms: float | None) -> None:
+        if latency_ms is not None:
+            self._values.append(latency_ms)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(np.fromiter(self._values, float), q)) if self._values else float("nan")
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(np.fromiter(self._values, float))) if self._values else float("nan")
+
+
+class RateMeter:
+    """Events per second, over the whole run or over the last `window_s` seconds."""
+
+    def __init__(self, window_s: float | None = None) -> None:
+        self._window_s = window_s
+        self._times: deque[float] = deque()
+        self._start = time.monotonic()
+        self.total = 0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.total += 1
+        if self._window_s is not None:
+            self._times.append(now)
+            while self._times and now - self._times[0] > self._window_s:
+                self._times.popleft()
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self._start
+        if self._window_s is not None:
+            # Early on, the window is not full yet: divide by the time actually covered.
+            span = min(self._window_s, elapsed)
+            return len(self._times) / span if span > 0 else 0.0
+        return self.total / elapsed if elapsed > 0 else 0.0
+
+
+def choose_model(client: SegmentationClient, name: str) -> ModelInfo:
+    """The served model `name` selects ("" = the default); warns loudly when it is synthetic."""
+    models = client.models()
+    if not models:
+        raise CliError(f"server {client.target} serves no models")
+    if name:
+        chosen = next((m for m in models if m.name == name), None)
+        if chosen is None:
+            served = ", ".join(m.name for m in models)
+            raise CliError(f"unknown model {name!r}; server {client.target} serves: {served}")
+    else:
+        chosen = next((m for m in models if m.is_default), models[0])
+    if chosen.synthetic:
+        warn(
+            f"!!! model {chosen.name!r} is SYNTHETIC: its weights are random and its masks are "
+            "MEANINGLESS (a benchmark graph; serve real weights for real masks) !!!"
+        )
+    return chosen
+
+
+def bgr_palette(model: ModelInfo) -> U8Array:
+    """A 256-entry BGR colour table for the model's class indices (unknown indices stay black)."""
+    table = np.zeros((256, 3), np.uint8)
+    palette = model.palette if len(model.palette) else voc_palette(max(len(model.class_names), 1))
+    table[: len(palette)] = palette[:256]
+    return np.ascontiguousarray(table[:, ::-1])
+
+
+def rgb_to_bgr(image: U8Array, size: tuple[int, int] | None = None) -> U8Array:
+    """A result image in OpenCV's channel order, resized to (width, height) when given and different."""
+    bgr = as_u8(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if size is not None and (bgr.shape[1], bgr.shape[0]) != size:
+        bgr = as_u8(cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR))
+    return bgr
+
+
+def summary(frames: int, failed: int, fps: float, latency: LatencyStats, tail: Iterable[str] = ()) -> str:
+    parts = [
+        f"{frames} frames",
+        f"{failed} failed",
+        f"{fps:.1f} fps",
+        f"latency p50 {latency.percentile(50):.1f} ms",
+        f"p95 {latency.percentile(95):.1f} ms",
+        *tail,
+    ]
+    return ", ".join(parts)
+
+
+def check_output_folder(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise CliError(f"cannot write {path}: folder {path.parent} does not exist")

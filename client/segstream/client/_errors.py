@@ -1,0 +1,135 @@
+"""The client's exceptions, and the one place gRPC errors become them.
+
+Every failure of a whole call raises a subclass of `SegstreamError`::
+
+    SegstreamError                  anything the client raises for a failed call
+    ├── ServerUnavailableError      UNAVAILABLE: the server cannot be reached, is starting or is draining
+    │   └── ServerNotReadyError     wait_ready() gave up before the server reported SERVING (a TimeoutError)
+    ├── DeadlineExceededError       DEADLINE_EXCEEDED: the call's timeout ran out (a TimeoutError)
+    ├── InvalidRequestError         INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE, FAILED_PRECONDITION:
+    │                               a bad stream config, an unknown model, a config sent twice
+    ├── ResourceExhaustedError      RESOURCE_EXHAUSTED: a server limit or the message size limit was hit
+    ├── AuthenticationError         UNAUTHENTICATED, PERMISSION_DENIED: missing or rejected credentials
+    └── ServerError                 every other status (INTERNAL, UNIMPLEMENTED, CANCELLED by the server, ...)
+
+A problem with one frame does not raise: it comes back as `SegmentResult.error` and the stream goes on.
+Mistakes in the caller's own input (a float32 frame, an unknown option) raise `ValueError`/`TypeError`
+before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import grpc.aio
+
+
+class SegstreamError(Exception):
+    """A call to the segstream server failed; `code` is the gRPC status when the server sent one."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ServerUnavailableError(SegstreamError):
+    """The server cannot be reached, or is starting or draining; retrying later may succeed."""
+
+
+class ServerNotReadyError(ServerUnavailableError, TimeoutError):
+    """`wait_ready` ran out of time before the server's health check reported SERVING."""
+
+
+class DeadlineExceededError(SegstreamError, TimeoutError):
+    """The call's timeout ran out before the server answered."""
+
+
+class InvalidRequestError(SegstreamError):
+    """The server refused the request itself: a bad config, an unknown model, a config sent twice."""
+
+
+class ResourceExhaustedError(SegstreamError):
+    """A server limit, or the channel's message size limit, was hit."""
+
+
+class AuthenticationError(SegstreamError):
+    """The server wants credentials that were not sent or were rejected."""
+
+
+class ServerError(SegstreamError):
+    """The server failed in a way the caller cannot fix by changing the request."""
+
+
+_CLASS_BY_CODE: dict[grpc.StatusCode, type[SegstreamError]] = {
+    grpc.StatusCode.UNAVAILABLE: ServerUnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.NOT_FOUND: InvalidRequestError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequestError,
+    grpc.StatusCode.FAILED_PRECONDITION: InvalidRequestError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: AuthenticationError,
+}
+
+# What to do about it, so that one line of output is enough to act on.
+_HINT_BY_CODE: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.UNAVAILABLE: "is the server running at that address, and has it finished loading?",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the server may be overloaded; raise the timeout or retry",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "send smaller frames (or JPEG) or raise max_message_bytes",
+    grpc.StatusCode.UNIMPLEMENTED: "the server at that address does not serve segstream.v1.Segmentation",
+    grpc.StatusCode.UNAUTHENTICATED: "pass channel credentials the server accepts",
+}
+
+
+def _lost_status(exc: grpc.RpcError, code: grpc.StatusCode, details: str) -> bool:
+    # grpc.aio replaces the server's status with this one when a frame is written just as the server
+    # ends the stream (grpc/grpc#36066); the real reason is gone, so say what most likely happened.
+    if code is not grpc.StatusCode.INTERNAL or details != "Internal error from Core":
+        return False
+    debug = exc.debug_error_string() if isinstance(exc, grpc.aio.AioRpcError) else ""
+    return "SendMessageOperation" in (debug or "")
+
+
+def status_was_lost(error: BaseException) -> bool:
+    """True when `error` came from a grpc.aio call whose real status grpc.aio replaced (see above)."""
+    cause = error.__cause__
+    return isinstance(cause, grpc.aio.AioRpcError) and _lost_status(cause, cause.code(), cause.details() or "")
+
+
+def _status_of(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    # Sync errors are also grpc.Call objects; aio errors carry the same accessors on AioRpcError.
+    if isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.UNKNOWN, str(exc)
+
+
+def error_from_rpc(exc: grpc.RpcError, target: str) -> SegstreamError:
+    """The `SegstreamError` for a failed gRPC call to `target`."""
+    code, details = _status_of(exc)
+    cls = _CLASS_BY_CODE.get(code, ServerError)
+    message = f"{code.name} from {target}: {details or 'no details'}"
+    hint = _HINT_BY_CODE.get(code)
+    if _lost_status(exc, code, details):
+        hint = (
+            "the server ended the stream while frames were still being sent and grpc.aio lost its status "
+            "(grpc/grpc#36066); likely an unknown model or a server shutting down; the blocking "
+            "SegmentationClient reports the real reason"
+        )
+    if hint is not None:
+        message += f" ({hint})"
+    return cls(message, code)
+
+
+@contextmanager
+def translating_rpc_errors(target: str) -> Iterator[None]:
+    """Re-raise any `grpc.RpcError` from the block as the matching `SegstreamError`.
+
+    Works around plain, generator and async code alike, since it only wraps what the block raises.
+    """
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc, target) from exc

@@ -1,0 +1,217 @@
+"""`segstream-client`: segment videos, images and live cameras with a segstream server.
+
+Every failure ends in one `segstream-client: error: ...` line on stderr and a non-zero exit status,
+never a traceback: 1 for a failure, 2 for a bad command line, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
+
+import cv2
+
+from segstream.client._channel import DEFAULT_TARGET
+from segstream.client._cli_support import PROG, CliError, choose_model
+from segstream.client._cli_video import run_image, run_video
+from segstream.client._cli_webcam import run_webcam
+from segstream.client._errors import SegstreamError
+from segstream.client._sync_client import SegmentationClient
+
+_DEFAULT_TIMEOUT_S = 10.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is reported in the same single line as any other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The command-line parser; `environ` supplies SEGSTREAM_SERVER's default."""
+    parser = _Parser(prog=PROG, description="Segment video with a segstream server.")
+    defaults = {
+        "server": environ.get("SEGSTREAM_SERVER", DEFAULT_TARGET),
+        "model": "",
+        "head": "out",
+        "timeout": _DEFAULT_TIMEOUT_S,
+    }
+    _add_global_options(parser, defaults)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    video = _command(commands, "video", run_video, "segment every frame of a video file, in order")
+    video.add_argument("input", metavar="IN", help="video file to read")
+    video.add_argument("--out", required=True, metavar="OUT", help="overlay video to write (.mp4 or .avi)")
+    video.add_argument("--mask-out", metavar="MASK_VIDEO", help="also write the colourised masks as a video")
+    video.add_argument("--png-dir", metavar="DIR", help="also write class-index masks as 8-bit PNGs, one per frame")
+    video.add_argument(
+        "--wire",
+        choices=("raw", "jpeg"),
+        default="raw",
+        help="how frames travel: raw pixels or JPEG (default raw)",
+    )
+    video.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
+    video.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+
+    webcam = _command(commands, "webcam", run_webcam, "live view of a camera, stream URL or file; newest frame wins")
+    webcam.add_argument(
+        "--device",
+        default="0",
+        metavar="0|URL|FILE",
+        help="camera index, stream URL or video file (default 0)",
+    )
+    webcam.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after reading N frames")
+    webcam.add_argument("--no-display", action="store_true", help="print statistics only, open no window")
+    webcam.add_argument(
+        "--wire",
+        choices=("raw", "jpeg"),
+        default="raw",
+        help="how frames travel: raw pixels or JPEG (default raw)",
+    )
+
+    image = _command(commands, "image", run_image, "segment one image file")
+    image.add_argument("input", metavar="IN", help="image file to read")
+    image.add_argument("--out", required=True, metavar="OUT", help="overlay image to write (.png or .jpg)")
+    image.add_argument("--mask-out", metavar="PATH", help="also write the class-index mask as an 8-bit PNG")
+
+    _command(commands, "models", _run_models, "list the models the server serves")
+
+    wait = _command(
+        commands,
+        "wait",
+        _run_wait,
+        "wait until the server reports SERVING (exit 0) or time out (exit 1);"
+        " with --model, also check that the model is served",
+    )
+    del wait  # its only option is the global --timeout
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, defaults: Mapping[str, object] | None) -> None:
+    """The options every command takes; `defaults` None means "keep what the main parser found".
+
+    Each subcommand repeats them with SUPPRESSed defaults, so `segstream-client video IN --server X`
+    works as well as `segstream-client --server X video IN`, and the later one wins.
+    """
+
+    def default(name: str) -> object:
+        return argparse.SUPPRESS if defaults is None else defaults[name]
+
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=default("server"),
+        help=f"server address (default: $SEGSTREAM_SERVER or {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--model", default=default("model"), help="model to use (see `models`; default: the server's default)"
+    )
+    parser.add_argument(
+        "--head",
+        choices=("out", "aux"),
+        default=default("head"),
+        help="network head: out (main) or aux (faster, rougher)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=default("timeout"),
+        metavar="S",
+        help=(
+            "seconds to wait for the server on single calls and for `wait`;"
+            f" streams have no deadline (default {_DEFAULT_TIMEOUT_S:g})"
+        ),
+    )
+
+
+def _command(
+    commands: argparse._SubParsersAction[_Parser],
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    help_text: str,
+) -> _Parser:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(handler=handler)
+    _add_global_options(sub, None)
+    return sub
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    with SegmentationClient(args.server, timeout=args.timeout) as client:
+        models = client.models()
+    for m in models:
+        flags = " (default)" if m.is_default else ""
+        flags += " SYNTHETIC: random weights, meaningless masks" if m.synthetic else ""
+        print(f"{m.name}{flags}")
+        provider = m.execution_provider or "unknown provider"
+        print(f"  {provider}, inference size {m.inference_size}, heads {','.join(m.heads) or '-'}")
+        print(f"  {len(m.class_names)} classes: {', '.join(m.class_names)}")
+    if not models:
+        print(f"server {args.server} serves no models")
+    return 0
+
+
+def _run_wait(args: argparse.Namespace) -> int:
+    with SegmentationClient(args.server, timeout=args.timeout) as client:
+        client.wait_ready(timeout=args.timeout)
+        if args.model:
+            choose_model(client, args.model)
+    print(f"server {args.server} is SERVING")
+    return 0
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); returns the exit status."""
+    parser = build_parser(os.environ)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad command line already reported by _Parser.error
+        return exc.code if isinstance(exc.code, int) else 2
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
+    # OpenCV logs its own warnings (a file it cannot open); our error line says it better.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        status: int = args.handler(args)
+    except (CliError, SegstreamError, OSError, ValueError) as exc:
+        _fail(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except Exception as exc:  # a bug, still reported in one line as promised
+        _fail(f"unexpected {type(exc).__name__}: {exc}")
+        return 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
