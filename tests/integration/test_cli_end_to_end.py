@@ -32,8 +32,19 @@ def _frames(path: Path) -> int:
 def test_video_command_writes_one_frame_per_input_frame(tiny_model: Path, tmp_path: Path) -> None:
     port = _free_port()
     server = subprocess.Popen(
-        [str(BIN / "segstream-server"), "--model", f"tiny={tiny_model}", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--size", "64", "--log-level", "WARNING"],
+        [
+            str(BIN / "segstream-server"),
+            "--model",
+            f"tiny={tiny_model}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--size",
+            "64",
+            "--log-level",
+            "WARNING",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -44,8 +55,17 @@ def test_video_command_writes_one_frame_per_input_frame(tiny_model: Path, tmp_pa
         clip = SAMPLES / "coco-pan.mp4"
         out, masks = tmp_path / "annotated.mp4", tmp_path / "masks"
         done = subprocess.run(
-            [str(BIN / "segstream-client"), *target, "video", str(clip), "--out", str(out)]
-            + ["--png-dir", str(masks), "--no-progress"],
+            [
+                str(BIN / "segstream-client"),
+                *target,
+                "video",
+                str(clip),
+                "--out",
+                str(out),
+                "--png-dir",
+                str(masks),
+                "--no-progress",
+            ],
             capture_output=True,
             text=True,
             timeout=120,
