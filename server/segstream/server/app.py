@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from segstream.server.batcher import Batcher
 from segstream.server.config import ServerConfig
 from segstream.server.engine import Model
+from segstream.server.metrics import Metrics
 from segstream.server.pipeline import Pipeline
 from segstream.server.preprocess import inference_shape
 from segstream.server.providers import CPU
@@ -57,6 +58,30 @@ def worker_count(config: ServerConfig, models: Mapping[str, Model]) -> int:
     return 1 if on_cpu else 2
 
 
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC channel arguments for the server's limits and keepalive policy."""
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+        # Clients may ping as often as the server does without being told to go away.
+        ("grpc.http2.min_ping_interval_without_data_ms", int(min(config.keepalive_time_s, 10.0) * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if config.max_connection_age_s:
+        options += [
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
+def _http_host(host: str) -> str:
+    # gRPC's "[::]" form is not a socket address for the metrics server.
+    return host.strip("[]") or "0.0.0.0"
+
+
 class SegstreamServer:
     """The segstream gRPC server. `models` may be given (already loaded) instead of loading the config's."""
 
@@ -64,22 +89,28 @@ class SegstreamServer:
         self.config = config
         self._given_models = models
         self._ready = False
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-            ]
-        )
+        self._server = grpc.aio.server(options=server_options(config))
+        self.metrics = Metrics()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._decode_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="segstream-decode")
         self._infer_pool: ThreadPoolExecutor | None = None
-        self.pipeline = Pipeline({}, config.default_model, config.size, config.max_frame_pixels, self._decode_pool)
+        self.pipeline = Pipeline(
+            {},
+            config.default_model,
+            config.size,
+            config.max_frame_pixels,
+            self._decode_pool,
+            self.metrics,
+            self._engine_failed,
+        )
+        self._health_tasks: set[asyncio.Task[None]] = set()
         self.service = SegmentationService(
             self.pipeline,
             size=config.size,
             inflight=config.inflight,
             max_streams=config.max_streams,
             ready=lambda: self._ready,
+            idle_timeout=config.idle_timeout_s,
         )
         pb_grpc.add_SegmentationServicer_to_server(self.service, self._server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -105,6 +136,11 @@ class SegstreamServer:
         if models is None:
             models = await loop.run_in_executor(None, load_models, self.config)
         self.pipeline.models = dict(models)
+        for name, model in models.items():
+            self.metrics.provider.labels(name, model.provider).set(1)
+        if self.config.metrics_port:
+            bound = self.metrics.serve_http(self.config.metrics_port, _http_host(self.config.host))
+            log.info("metrics on http://%s:%d/metrics", self.config.host, bound)
         workers = worker_count(self.config, models)
         self._infer_pool = ThreadPoolExecutor(workers, thread_name_prefix="segstream-infer")
         batcher = Batcher(
@@ -139,11 +175,35 @@ class SegstreamServer:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
 
+    def _engine_failed(self, consecutive: int) -> None:
+        limit = self.config.max_engine_failures
+        if limit and consecutive == limit and self._ready:
+            log.error(
+                "%d consecutive frames failed in the inference engine: health is now NOT_SERVING; "
+                "restart the server (an orchestrator's health probe does this)",
+                consecutive,
+            )
+            self._ready = False
+            task = asyncio.get_running_loop().create_task(self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING))
+            self._health_tasks.add(task)
+            task.add_done_callback(self._health_tasks.discard)
+
     async def stop(self, grace: float | None = 5.0) -> None:
-        """Stops taking streams, lets in-flight calls finish within `grace` seconds, frees the models."""
+        """Drains: refuses new streams, stops reading frames, answers those taken within `grace` seconds.
+
+        Streams still open when the grace period ends are cancelled; then the models are freed.
+        """
         self._ready = False
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._server.stop(grace)
+        self.service.draining.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (grace or 0.0)
+        try:
+            await asyncio.wait_for(self.service.all_closed.wait(), grace)
+        except TimeoutError:
+            log.warning("%d stream(s) still open after %.1f s of grace: cancelling", self.service.open_streams, grace)
+        await self._server.stop(max(0.0, deadline - loop.time()))
+        self.metrics.close()
         if self.pipeline.batcher is not None:
             await self.pipeline.batcher.close()
         if self._infer_pool is not None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from segstream.server.config import DEVICES, ConfigError, ModelSpec, ServerConfig, env_default
 from segstream.server.engine import EngineError
+from segstream.server.logs import configure_logging
 
 log = logging.getLogger("segstream.server")
 
@@ -103,6 +104,56 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(env_default("max-message-bytes", str(64 << 20))),
         help="largest gRPC message in bytes (default 64 MiB)",
     )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(env_default("idle-timeout", "300")),
+        help="close a stream that sends nothing for this many seconds (default 300; 0: never)",
+    )
+    p.add_argument(
+        "--keepalive-time",
+        type=float,
+        default=float(env_default("keepalive-time", "30")),
+        help="seconds between HTTP/2 keepalive pings on idle connections (default 30)",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=float(env_default("keepalive-timeout", "10")),
+        help="seconds to wait for a keepalive ping's answer before closing the connection (default 10)",
+    )
+    p.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=float(env_default("max-connection-age", "0")),
+        help="ask connections older than this many seconds to reconnect, so long streams spread over "
+        "replicas (default 0: never)",
+    )
+    p.add_argument(
+        "--max-connection-age-grace",
+        type=float,
+        default=float(env_default("max-connection-age-grace", "30")),
+        help="seconds an aged connection's open streams get to finish (default 30)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env_default("metrics-port", "0")),
+        help="serve Prometheus metrics on this port at /metrics (default 0: off)",
+    )
+    p.add_argument(
+        "--max-engine-failures",
+        type=int,
+        default=int(env_default("max-engine-failures", "10")),
+        help="consecutive frames lost to inference failures before health turns NOT_SERVING so an "
+        "orchestrator restarts the server (default 10; 0: never)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=env_default("log-format", "text"),
+        help="log as text lines or as one JSON object per line with stream and frame ids (default text)",
+    )
     p.add_argument("--no-warmup", action="store_true", help="skip running each model once before reporting SERVING")
     p.add_argument("--no-reflection", action="store_true", help="do not offer gRPC server reflection")
     p.add_argument(
@@ -138,6 +189,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_message_bytes=args.max_message_bytes,
         warmup=not args.no_warmup,
         reflection=not args.no_reflection,
+        idle_timeout_s=args.idle_timeout,
+        keepalive_time_s=args.keepalive_time,
+        keepalive_timeout_s=args.keepalive_timeout,
+        max_connection_age_s=args.max_connection_age,
+        max_connection_age_grace_s=args.max_connection_age_grace,
+        metrics_port=args.metrics_port,
+        max_engine_failures=args.max_engine_failures,
     )
 
 
@@ -175,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except ConfigError as exc:
         parser.exit(2, f"segstream-server: error: {exc}\n")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         asyncio.run(_serve(config, args.grace))
     except (EngineError, OSError) as exc:

@@ -58,6 +58,18 @@ class ServerConfig:
     max_streams: int = 64
     warmup: bool = True
     reflection: bool = True
+    # A stream with no message for this long is closed (0: never); catches clients that vanished.
+    idle_timeout_s: float = 300.0
+    # HTTP/2 keepalive pings find dead connections behind NATs and load balancers.
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+    # Connections older than this are asked to reconnect (0: never), so long streams rebalance.
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 30.0
+    # Prometheus /metrics port (0: off).
+    metrics_port: int = 0
+    # Consecutive frames lost to engine failures before health turns NOT_SERVING (0: never).
+    max_engine_failures: int = 10
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -85,6 +97,17 @@ class ServerConfig:
         _check_range("--max-streams", self.max_streams, 1, 100_000)
         _check_range("--max-frame-pixels", self.max_frame_pixels, 1, 1 << 31)
         _check_range("--max-message-bytes", self.max_message_bytes, 1 << 20, (1 << 31) - 1)
+        for flag, seconds in (
+            ("--idle-timeout", self.idle_timeout_s),
+            ("--keepalive-time", self.keepalive_time_s),
+            ("--keepalive-timeout", self.keepalive_timeout_s),
+            ("--max-connection-age", self.max_connection_age_s),
+            ("--max-connection-age-grace", self.max_connection_age_grace_s),
+        ):
+            if not 0 <= seconds <= 30 * 24 * 3600:
+                raise ConfigError(f"{flag} {seconds}: must be between 0 and 2592000 seconds")
+        _check_range("--metrics-port", self.metrics_port, 0, 65535)
+        _check_range("--max-engine-failures", self.max_engine_failures, 0, 1_000_000)
         if not 0 <= self.max_delay_ms <= 1000:
             raise ConfigError(f"--max-delay-ms {self.max_delay_ms}: must be between 0 and 1000")
 

@@ -4,6 +4,7 @@ StreamError            the stream or call itself is wrong; ends the call
     InvalidConfigError     bad StreamConfig (unknown model or head, sent twice or late)
     TooManyStreamsError    the server's stream limit is reached
     NotReadyError          models are still loading, or the server is draining
+    IdleStreamError        no message within the idle timeout
 InvalidFrameError      (segstream.client.codec) one frame is bad; answered in its own response
 EngineError            (segstream.server.engine) a model failed to load or run
 """
@@ -31,6 +32,10 @@ class TooManyStreamsError(StreamError):
 
 class NotReadyError(StreamError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class IdleStreamError(StreamError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

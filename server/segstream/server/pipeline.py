@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -17,8 +17,9 @@ import grpc
 
 from segstream.client import codec
 from segstream.server.batcher import Batcher
-from segstream.server.engine import Model, U8Array
+from segstream.server.engine import EngineError, Model, U8Array
 from segstream.server.errors import InvalidConfigError, status_for
+from segstream.server.metrics import Metrics
 from segstream.server.postprocess import OutputSpec, postprocess
 from segstream.server.preprocess import inference_shape, resize_rgb
 from segstream.v1 import segmentation_pb2 as pb
@@ -54,7 +55,13 @@ class Pipeline:
         size: int,
         max_pixels: int,
         decode_pool: Executor,
+        metrics: Metrics | None = None,
+        on_engine_failure: Callable[[int], None] | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        self._on_engine_failure = on_engine_failure
+        # Consecutive frames lost to engine failures; the server turns unhealthy past a limit.
+        self.engine_failures = 0
         self.models = models
         self.default_model = default_model
         self._size = size
@@ -98,6 +105,9 @@ class Pipeline:
             response.capture_time.CopyFrom(frame.capture_time)
         loop = asyncio.get_running_loop()
         timings = response.timings
+        metrics = self.metrics
+        metrics.received.labels(settings.model).inc()
+        metrics.inflight.inc()
         try:
             rgb, resized = await loop.run_in_executor(self._decode_pool, self._prepare, frame)
             response.inference_width, response.inference_height = resized.shape[1], resized.shape[0]
@@ -110,14 +120,23 @@ class Pipeline:
             timings.queue_ms = queued_s * 1e3
             timings.inference_ms = inference_s * 1e3
             timings.postprocess_ms = post_s * 1e3
+            self.engine_failures = 0
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             code, message = status_for(exc)
-            if code is grpc.StatusCode.INTERNAL:
+            if isinstance(exc, EngineError):
+                self.engine_failures += 1
+                if self._on_engine_failure is not None:
+                    self._on_engine_failure(self.engine_failures)
+                log.error("frame %d: %s", frame.frame_id, message, extra={"frame": frame.frame_id})
+            elif code is grpc.StatusCode.INTERNAL:
                 log.exception("frame %d of model %s failed", frame.frame_id, settings.model)
             _set_error(response, code, message)
+        finally:
+            metrics.inflight.dec()
         timings.total_ms = (time.perf_counter() - received) * 1e3
+        metrics.frame_done(settings.model, response)
         return response
 
     def _prepare(self, frame: pb.Frame) -> tuple[U8Array, U8Array]:
@@ -129,11 +148,13 @@ class Pipeline:
         model_name, head, _, output_size = cast(tuple[str, str, Any, tuple[int, int]], key)
         model = self.models[model_name]
         started = time.perf_counter()
+        self.metrics.batch_size.observe(len(items))
         try:
             batch = model.run(head, [item.resized for item in items], output_size)
         except Exception as exc:
             if len(items) == 1:
-                return [exc]
+                # Out of device memory, a lost device, a kernel failure: the engine, not the frame.
+                return [EngineError(f"inference failed on {model.provider}: {exc}")]
             # Retry one by one so that a frame that breaks the batch fails alone.
             return [self.run_batch(key, [item])[0] for item in items]
         inference_s = time.perf_counter() - started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +20,7 @@ from segstream.server.errors import (
     status_for,
 )
 from segstream.server.pipeline import Pipeline, StreamSettings
-from segstream.server.streams import latest, ordered
+from segstream.server.streams import RequestReader, latest, ordered
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
 
@@ -36,44 +38,83 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         inflight: int,
         max_streams: int,
         ready: Callable[[], bool],
+        idle_timeout: float = 0.0,
     ) -> None:
         self._pipeline = pipeline
         self._size = size
         self._inflight = inflight
         self._max_streams = max_streams
         self._ready = ready
+        self._idle_timeout = idle_timeout
+        self._ids = itertools.count(1)
         self.open_streams = 0
+        # Set when the server drains: streams stop reading, answer what they took, then end.
+        self.draining = asyncio.Event()
+        self.all_closed = asyncio.Event()
+        self.all_closed.set()
 
     async def Segment(
         self, requests: AsyncIterator[pb.SegmentRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SegmentResponse]:
+        metrics = self._pipeline.metrics
         try:
             self._admit()
         except StreamError as exc:
+            metrics.rejected.labels(type(exc).__name__).inc()
             await context.abort(*status_for(exc))
-        self.open_streams += 1
+        stream = next(self._ids)
+        log_extra = {"stream": stream, "peer": context.peer()}
+        self._opened()
+        answered = 0
+        reader = RequestReader(self.draining, self._idle_timeout)
         try:
-            first = await anext(aiter(requests), None)
+            messages = reader.read(requests)
+            first = await anext(messages, None)
             if first is None:
                 return  # an empty stream is answered with an empty stream
             config = first.config if first.HasField("config") else pb.StreamConfig()
             settings = self._pipeline.resolve(config)
-            frames = _frames(requests, None if first.HasField("config") else first)
+            log.info(
+                "stream %d opened: model %s, %s", stream, settings.model, _policy_name(settings.policy), extra=log_extra
+            )
+            frames = _frames(messages, None if first.HasField("config") else first)
 
             async def process(frame: pb.Frame, received: float) -> pb.SegmentResponse:
                 return await self._pipeline.process(frame, settings, received)
 
+            def dropped() -> None:
+                metrics.dropped.labels(settings.model).inc()
+
             policy = (
-                latest(frames, process)
+                latest(frames, process, dropped)
                 if settings.policy == pb.FRAME_POLICY_LATEST
-                else (ordered(frames, process, self._inflight))
+                else ordered(frames, process, self._inflight)
             )
             async for response in policy:
+                answered += 1
                 yield response
+            if reader.drained:
+                raise NotReadyError(
+                    f"the server is shutting down; the {answered} frames it received were answered: reconnect"
+                )
         except StreamError as exc:
-            await context.abort(*status_for(exc))
+            code, message = status_for(exc)
+            log.info("stream %d ended: %s: %s", stream, code.name, message, extra=log_extra)
+            await context.abort(code, message)
         finally:
-            self.open_streams -= 1
+            self._closed()
+            log.info("stream %d closed after %d responses", stream, answered, extra=log_extra)
+
+    def _opened(self) -> None:
+        self.open_streams += 1
+        self.all_closed.clear()
+        self._pipeline.metrics.open_streams.set(self.open_streams)
+
+    def _closed(self) -> None:
+        self.open_streams -= 1
+        self._pipeline.metrics.open_streams.set(self.open_streams)
+        if self.open_streams == 0:
+            self.all_closed.set()
 
     async def SegmentImage(
         self, request: pb.SegmentImageRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -127,3 +168,7 @@ def _frame_of(request: pb.SegmentRequest) -> pb.Frame:
     if not request.HasField("frame"):
         raise InvalidConfigError("empty SegmentRequest: set either config (first message only) or frame")
     return request.frame
+
+
+def _policy_name(policy: int) -> str:
+    return "LATEST" if policy == pb.FRAME_POLICY_LATEST else "ORDERED"

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from segstream.server.errors import IdleStreamError
 from segstream.v1 import segmentation_pb2 as pb
 
 # Segments one frame; the float is when the frame arrived (time.perf_counter()).
@@ -52,7 +53,9 @@ async def ordered(frames: AsyncIterator[pb.Frame], process: Process, window: int
             await reader
 
 
-async def latest(frames: AsyncIterator[pb.Frame], process: Process) -> AsyncIterator[pb.SegmentResponse]:
+async def latest(
+    frames: AsyncIterator[pb.Frame], process: Process, on_drop: Callable[[], None] | None = None
+) -> AsyncIterator[pb.SegmentResponse]:
     waiting: tuple[pb.Frame, float] | None = None
     dropped = 0
     reading_done = False
@@ -64,6 +67,8 @@ async def latest(frames: AsyncIterator[pb.Frame], process: Process) -> AsyncIter
             async for frame in frames:
                 if waiting is not None:
                     dropped += 1
+                    if on_drop is not None:
+                        on_drop()
                 waiting = (frame, time.perf_counter())
                 arrived.set()
         finally:
@@ -89,3 +94,45 @@ async def latest(frames: AsyncIterator[pb.Frame], process: Process) -> AsyncIter
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader
+
+
+class RequestReader:
+    """Reads a stream's messages until the client half-closes, the server drains, or the stream idles.
+
+    `drained` tells afterwards whether reading stopped because the server is shutting down, so
+    the caller can answer what it already took and then tell the client to reconnect.
+    """
+
+    def __init__(self, stop: asyncio.Event, idle_timeout: float | None) -> None:
+        self._stop = stop
+        self._idle_timeout = idle_timeout or None
+        self.drained = False
+
+    async def read(self, messages: AsyncIterator[pb.SegmentRequest]) -> AsyncIterator[pb.SegmentRequest]:
+        iterator = aiter(messages)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        pending: asyncio.Future[pb.SegmentRequest] | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(anext(iterator))
+                done, _ = await asyncio.wait(
+                    {pending, stopping}, timeout=self._idle_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if pending not in done:
+                    if stopping in done:
+                        self.drained = True
+                        return
+                    raise IdleStreamError(
+                        f"no message for {self._idle_timeout:g} s: stream closed by the server's idle timeout; "
+                        "send frames more often or raise --idle-timeout"
+                    )
+                try:
+                    message = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                yield message
+        finally:
+            stopping.cancel()
+            if pending is not None:
+                pending.cancel()

@@ -1,0 +1,71 @@
+"""Prometheus metrics of one server: what came in, what went out, where the time went.
+
+Each server owns its registry, so several servers in one process (tests, benchmarks) never
+share counters; `serve_http` exposes it on --metrics-port.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from segstream.v1 import segmentation_pb2 as pb
+
+# Milliseconds to minutes: a CPU frame takes seconds, a GPU frame a few milliseconds.
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_STAGES = ("decode", "queue", "inference", "postprocess", "total")
+_CODE_NAMES = {3: "invalid_argument", 8: "resource_exhausted", 13: "internal", 14: "unavailable"}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter("segstream_frames_received", "Frames received", ["model"], registry=r)
+        self.answered = Counter("segstream_frames_answered", "Frames answered with a result", ["model"], registry=r)
+        self.dropped = Counter(
+            "segstream_frames_dropped", "Stale frames dropped (LATEST policy)", ["model"], registry=r
+        )
+        self.failed = Counter(
+            "segstream_frames_failed", "Frames answered with an error", ["model", "reason"], registry=r
+        )
+        self.stage = Histogram(
+            "segstream_stage_seconds", "Time per frame in each stage", ["stage"], buckets=_SECONDS, registry=r
+        )
+        self.batch_size = Histogram(
+            "segstream_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
+        self.inflight = Gauge("segstream_inflight_frames", "Frames being processed", registry=r)
+        self.open_streams = Gauge("segstream_open_streams", "Open Segment streams", registry=r)
+        self.rejected = Counter("segstream_streams_rejected", "Streams refused", ["reason"], registry=r)
+        self.provider = Gauge(
+            "segstream_model_info", "Served models and their execution provider", ["model", "provider"], registry=r
+        )
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+
+    def frame_done(self, model: str, response: pb.SegmentResponse) -> None:
+        if response.HasField("error"):
+            self.failed.labels(model, _CODE_NAMES.get(response.error.code, str(response.error.code))).inc()
+            return
+        self.answered.labels(model).inc()
+        t = response.timings
+        for name, ms in zip(
+            _STAGES, (t.decode_ms, t.queue_ms, t.inference_ms, t.postprocess_ms, t.total_ms), strict=True
+        ):
+            self.stage.labels(name).observe(ms / 1e3)
+
+    def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
+        """Starts the /metrics endpoint; returns the bound port (useful with port 0)."""
+        server, thread = start_http_server(port, host, registry=self.registry)
+        self._http = (server, thread)
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            server, thread = self._http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._http = None
