@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed-$(OPENCV_EXTRA)
 PROTO_DIR := protos
 PROTO_OUT := $(PROTO_DIR)/segstream/v1
 
-.PHONY: help venv proto check lint typecheck proto-check interop-deps test test-fast demo clean
+.PHONY: help venv proto check lint typecheck proto-check interop-deps test test-fast soak demo clean
 
 help:
 	@echo "make demo   - set up, then segment the bundled clip through a local server (writes demo-out/)"
 	@echo "make test   - lint, type-check and run the test suite"
 	@echo "make check  - ruff, mypy and the generated-code check only"
 	@echo "make proto  - regenerate the Python code from protos/"
+	@echo "make soak   - a long soak run (8 streams x 20000 frames per frame policy)"
 
 venv: $(STAMP)
 
@@ -53,6 +54,11 @@ test: check interop-deps
 
 test-fast: $(STAMP) interop-deps
 	$(BIN)/pytest -q -x
+
+# A longer soak for a person to run: 8 streams x 20000 frames per policy against a server process.
+soak: $(STAMP)
+	SEGSTREAM_SOAK_FRAMES=20000 $(BIN)/pytest -q -p no:cacheprovider -o timeout=3600 \
+		tests/integration/test_server_process.py -k soak
 
 demo: $(STAMP)
 	./scripts/demo.sh
