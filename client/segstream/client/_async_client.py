@@ -22,11 +22,13 @@ from segstream.client._channel import (
     ReadyWait,
     as_frame_input,
     channel_options,
+    channel_target,
     check_max_in_flight,
     image_request,
     segmentation_stub,
 )
 from segstream.client._errors import (
+    AuthenticationError,
     DeadlineExceededError,
     InvalidRequestError,
     SegstreamError,
@@ -38,6 +40,7 @@ from segstream.client._errors import (
 from segstream.client._frames import FrameEncoder, FrameLike, SendLog, check_wire_settings
 from segstream.client._options import DEFAULT_OPTIONS, StreamOptions
 from segstream.client._results import ModelInfo, SegmentResult
+from segstream.client._security import PemSource, auth_metadata, channel_security
 from segstream.client.codec import PixelFormatName, WireEncoding
 from segstream.v1 import segmentation_pb2 as pb
 
@@ -83,6 +86,12 @@ class AsyncSegmentationClient:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[ChannelOption] = (),
         wire_jpeg_quality: int = 90,
+        tls: bool | None = None,
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        server_name_override: str | None = None,
+        token: str | None = None,
     ) -> None:
         check_wire_settings(pixel_format, wire_encoding, wire_jpeg_quality)
         check_max_in_flight(max_in_flight)
@@ -91,11 +100,20 @@ class AsyncSegmentationClient:
         self._max_in_flight = max_in_flight
         self._timeout = timeout
         self._wait_for_ready = wait_for_ready
-        opts = channel_options(max_message_bytes, options)
+        credentials, tls_options = channel_security(
+            credentials,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            server_name_override=server_name_override,
+        )
+        self._metadata = auth_metadata(token)
+        opts = channel_options(max_message_bytes, [*tls_options, *options])
         self._channel = (
-            grpc.aio.insecure_channel(target, opts)
+            grpc.aio.insecure_channel(channel_target(target), opts)
             if credentials is None
-            else grpc.aio.secure_channel(target, credentials, opts)
+            else grpc.aio.secure_channel(channel_target(target), credentials, opts)
         )
         self._stub = segmentation_stub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -116,7 +134,7 @@ class AsyncSegmentationClient:
         log = SendLog()
         window = asyncio.Semaphore(self._max_in_flight) if options.policy == "ordered" else None
         failure: list[Exception] = []
-        call = self._stub.Segment(wait_for_ready=self._wait_for_ready)
+        call = self._stub.Segment(wait_for_ready=self._wait_for_ready, metadata=self._metadata)
         writer = asyncio.create_task(self._write(call, frames, options, log, window, failure))
         try:
             with translating_rpc_errors(self.target):
@@ -139,6 +157,9 @@ class AsyncSegmentationClient:
         # the server does not have, which the model list can tell; otherwise keep the explanation.
         try:
             models = await self.models(timeout=5.0)
+        except AuthenticationError as refused:
+            # Missing or rejected credentials end a stream at once as well: that was the reason.
+            return refused
         except SegstreamError:
             return error
         served = {m.name: m for m in models}
@@ -199,7 +220,7 @@ class AsyncSegmentationClient:
         sent_at = time.perf_counter()
         with translating_rpc_errors(self.target):
             resp = await self._stub.SegmentImage(
-                request, timeout=self._deadline(timeout), wait_for_ready=self._wait_for_ready
+                request, timeout=self._deadline(timeout), wait_for_ready=self._wait_for_ready, metadata=self._metadata
             )
         return SegmentResult.from_proto(resp, sent_at)
 
@@ -207,7 +228,10 @@ class AsyncSegmentationClient:
         """The models the server serves."""
         with translating_rpc_errors(self.target):
             resp = await self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._deadline(timeout), wait_for_ready=self._wait_for_ready
+                pb.ListModelsRequest(),
+                timeout=self._deadline(timeout),
+                wait_for_ready=self._wait_for_ready,
+                metadata=self._metadata,
             )
         return [ModelInfo.from_proto(m) for m in resp.models]
 
@@ -217,7 +241,9 @@ class AsyncSegmentationClient:
         while (attempt := wait.next_attempt()) is not None:
             try:
                 with translating_rpc_errors(self.target):
-                    resp = await self._health.Check(HEALTH_REQUEST, timeout=attempt, wait_for_ready=True)
+                    resp = await self._health.Check(
+                        HEALTH_REQUEST, timeout=attempt, wait_for_ready=True, metadata=self._metadata
+                    )
             except (ServerUnavailableError, DeadlineExceededError) as exc:
                 wait.failed(exc)
             else:

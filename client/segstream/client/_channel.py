@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
@@ -32,15 +34,47 @@ SERVING: int = health_pb2.HealthCheckResponse.SERVING
 HEALTH_REQUEST = health_pb2.HealthCheckRequest(service="")
 
 
+# Each new call (stream) goes to the next ready server the target resolves to: with a DNS name of
+# several servers (a Kubernetes headless service) or a list of addresses, streams spread over all.
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
 def channel_options(max_message_bytes: int, extra: Sequence[ChannelOption]) -> list[ChannelOption]:
-    """gRPC channel options: message size limits both ways, then the caller's own (which win)."""
+    """gRPC channel options: message size limits both ways, round-robin balancing, then the caller's own."""
     if max_message_bytes <= 0:
         raise ValueError(f"max_message_bytes must be positive; got {max_message_bytes}")
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.service_config", _ROUND_ROBIN),
         *extra,
     ]
+
+
+def channel_target(target: str) -> str:
+    """The gRPC target for "host:port", "dns:///name:port" or a comma-separated list of IP:port.
+
+    A list becomes gRPC's ipv4:/ipv6: form, whose addresses the round-robin policy then spreads
+    streams over; host names in a list are refused because gRPC resolves a list only of addresses.
+    """
+    parts = [p.strip() for p in target.split(",")]
+    if len(parts) == 1:
+        return target
+    families = set()
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"server address {part!r} in {target!r} needs a port: HOST:PORT")
+        try:
+            families.add(ipaddress.ip_address(host.strip("[]")).version)
+        except ValueError:
+            raise ValueError(
+                f"server list {target!r} contains the host name {host!r}: a list must be IP addresses; "
+                "for names use one DNS name that resolves to every server, e.g. dns:///segstream:50051"
+            ) from None
+    if len(families) > 1:
+        raise ValueError(f"server list {target!r} mixes IPv4 and IPv6 addresses")
+    return f"ipv{families.pop()}:{','.join(parts)}"
 
 
 def segmentation_stub(channel: grpc.Channel | grpc.aio.Channel) -> Any:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from segstream.client._cli_security import security_kwargs
 from segstream.client._cli_support import (
     CliError,
     FrameReader,
@@ -108,7 +109,7 @@ def run_video(args: argparse.Namespace) -> int:
     want_masks = bool(args.mask_out or args.png_dir)
     outputs: tuple[OutputName, ...] = ("overlay", "label_mask") if want_masks else ("overlay",)
     options = StreamOptions(model=args.model, head=args.head, outputs=outputs, mask_encoding="png")
-    client = SegmentationClient(args.server, wire_encoding=args.wire, timeout=args.timeout)
+    client = SegmentationClient(args.server, wire_encoding=args.wire, timeout=args.timeout, **security_kwargs(args))
     outs: _VideoOutputs | None = None
     try:
         model = choose_model(client, args.model)
@@ -191,7 +192,7 @@ def run_image(args: argparse.Namespace) -> int:
     options = StreamOptions(
         model=args.model, head=args.head, outputs=outputs, mask_encoding="png", image_encoding="png"
     )
-    with SegmentationClient(args.server, timeout=args.timeout) as client:
+    with SegmentationClient(args.server, timeout=args.timeout, **security_kwargs(args)) as client:
         choose_model(client, args.model)
         result = client.segment(as_u8(image), options)
     if not result.ok or result.overlay is None:

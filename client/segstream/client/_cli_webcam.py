@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 
+from segstream.client._cli_security import security_kwargs
 from segstream.client._cli_support import (
     PROG,
     FrameReader,
@@ -65,7 +66,7 @@ def run_webcam(args: argparse.Namespace) -> int:
             print(f"{PROG}: no display available ({problem}); printing statistics only", file=sys.stderr)
     outputs: tuple[OutputName, ...] = ("overlay",) if show else ("label_mask",)
     options = StreamOptions(model=args.model, head=args.head, outputs=outputs, mask_encoding="png", policy="latest")
-    client = SegmentationClient(args.server, wire_encoding=args.wire, timeout=args.timeout)
+    client = SegmentationClient(args.server, wire_encoding=args.wire, timeout=args.timeout, **security_kwargs(args))
     latency, rate, live_rate = LatencyStats(), RateMeter(), RateMeter(window_s=_STATS_PERIOD_S * 2)
     recent = LatencyStats(window=_LATENCY_WINDOW)
     dropped = failed = 0

@@ -80,7 +80,7 @@ _HINT_BY_CODE: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "the server may be overloaded; raise the timeout or retry",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "send smaller frames (or JPEG) or raise max_message_bytes",
     grpc.StatusCode.UNIMPLEMENTED: "the server at that address does not serve segstream.v1.Segmentation",
-    grpc.StatusCode.UNAUTHENTICATED: "pass channel credentials the server accepts",
+    grpc.StatusCode.UNAUTHENTICATED: "pass a token or client certificate the server accepts (token=..., --token-file)",
 }
 
 
@@ -99,6 +99,23 @@ def status_was_lost(error: BaseException) -> bool:
     return isinstance(cause, grpc.aio.AioRpcError) and _lost_status(cause, cause.code(), cause.details() or "")
 
 
+def _tls_hint(details: str) -> str | None:
+    # A failed handshake, or a server closing a fresh connection (a plaintext client meeting a TLS port,
+    # a missing client certificate), is a matter of TLS settings rather than of a server being down.
+    lowered = details.lower()
+    if "handshake" in lowered or "ssl" in lowered:
+        return (
+            "the TLS handshake failed: trust the CA that signed the server's certificate (tls_ca, --tls-ca) "
+            "and, if the server requires client certificates, pass one it trusts (tls_cert/tls_key)"
+        )
+    if "socket closed" in lowered:
+        return (
+            "the server closed the connection: is it running, and if it serves TLS, is TLS on "
+            "(tls=True, --tls/--tls-ca) with a client certificate where it requires one?"
+        )
+    return None
+
+
 def _status_of(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     # Sync errors are also grpc.Call objects; aio errors carry the same accessors on AioRpcError.
     if isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
@@ -112,6 +129,8 @@ def error_from_rpc(exc: grpc.RpcError, target: str) -> SegstreamError:
     cls = _CLASS_BY_CODE.get(code, ServerError)
     message = f"{code.name} from {target}: {details or 'no details'}"
     hint = _HINT_BY_CODE.get(code)
+    if code is grpc.StatusCode.UNAVAILABLE and (tls_hint := _tls_hint(details)):
+        hint = tls_hint
     if _lost_status(exc, code, details):
         hint = (
             "the server ended the stream while frames were still being sent and grpc.aio lost its status "

@@ -19,6 +19,7 @@ from segstream.client._channel import (
     ReadyWait,
     as_frame_input,
     channel_options,
+    channel_target,
     check_max_in_flight,
     image_request,
     segmentation_stub,
@@ -27,6 +28,7 @@ from segstream.client._errors import DeadlineExceededError, ServerUnavailableErr
 from segstream.client._frames import FrameEncoder, FrameLike, SendLog, check_wire_settings
 from segstream.client._options import DEFAULT_OPTIONS, StreamOptions
 from segstream.client._results import ModelInfo, SegmentResult
+from segstream.client._security import PemSource, auth_metadata, channel_security
 from segstream.client.codec import PixelFormatName, WireEncoding
 from segstream.v1 import segmentation_pb2 as pb
 
@@ -66,7 +68,8 @@ class SegmentationClient:
     """A blocking client of a segstream server.
 
     Args:
-        target: "host:port" of the server.
+        target: "host:port" of the server; "dns:///name:port" or "ip:port,ip:port" spreads streams
+            round-robin over every server the name resolves to or the list holds.
         wire_encoding: How frames travel: "raw" pixels (no loss, most bytes), "jpeg" or "png".
         pixel_format: Channel order of the HxWx3 frames given: "bgr" (OpenCV's) or "rgb";
             HxW arrays are always grey.
@@ -74,9 +77,17 @@ class SegmentationClient:
         max_in_flight: Frames of an "ordered" stream sent but not yet answered, at most.
         timeout: Default deadline in seconds of segment() and models() (None: no deadline).
         wait_for_ready: Let calls wait for the server to come up instead of failing at once.
-        credentials: For a TLS channel; None opens a plaintext one.
+        credentials: Ready-made gRPC channel credentials; None opens a plaintext channel unless the
+            tls options below ask for TLS.
         options: Extra gRPC channel options, applied last.
         wire_jpeg_quality: JPEG quality of frames sent with wire_encoding "jpeg".
+        tls: Connect over TLS; None (the default) means "when tls_ca, tls_cert or tls_key is given".
+        tls_ca: CA certificates (a PEM file's path, or PEM bytes) the server's certificate must chain to;
+            None trusts the system's root certificates.
+        tls_cert: Client certificate chain (path or PEM bytes) for servers that require mutual TLS.
+        tls_key: Private key of tls_cert (path or PEM bytes).
+        server_name_override: Name the server's certificate must carry, instead of the target's host.
+        token: Bearer token sent as "authorization: Bearer <token>" metadata on every call.
 
     Example:
         >>> with SegmentationClient("localhost:50051") as client:  # doctest: +SKIP
@@ -98,6 +109,12 @@ class SegmentationClient:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[ChannelOption] = (),
         wire_jpeg_quality: int = 90,
+        tls: bool | None = None,
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        server_name_override: str | None = None,
+        token: str | None = None,
     ) -> None:
         check_wire_settings(pixel_format, wire_encoding, wire_jpeg_quality)
         check_max_in_flight(max_in_flight)
@@ -106,11 +123,20 @@ class SegmentationClient:
         self._max_in_flight = max_in_flight
         self._timeout = timeout
         self._wait_for_ready = wait_for_ready
-        opts = channel_options(max_message_bytes, options)
+        credentials, tls_options = channel_security(
+            credentials,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            server_name_override=server_name_override,
+        )
+        self._metadata = auth_metadata(token)
+        opts = channel_options(max_message_bytes, [*tls_options, *options])
         self._channel = (
-            grpc.insecure_channel(target, opts)
+            grpc.insecure_channel(channel_target(target), opts)
             if credentials is None
-            else grpc.secure_channel(target, credentials, opts)
+            else grpc.secure_channel(channel_target(target), credentials, opts)
         )
         self._stub = segmentation_stub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -133,7 +159,7 @@ class SegmentationClient:
         window = _Window(self._max_in_flight if options.policy == "ordered" else None)
         failure: list[Exception] = []
         requests = self._requests(frames, options, log, window, failure)
-        call = self._stub.Segment(requests, wait_for_ready=self._wait_for_ready)
+        call = self._stub.Segment(requests, wait_for_ready=self._wait_for_ready, metadata=self._metadata)
         try:
             with translating_rpc_errors(self.target):
                 for resp in call:
@@ -183,7 +209,7 @@ class SegmentationClient:
         sent_at = time.perf_counter()
         with translating_rpc_errors(self.target):
             resp = self._stub.SegmentImage(
-                request, timeout=self._deadline(timeout), wait_for_ready=self._wait_for_ready
+                request, timeout=self._deadline(timeout), wait_for_ready=self._wait_for_ready, metadata=self._metadata
             )
         return SegmentResult.from_proto(resp, sent_at)
 
@@ -191,7 +217,10 @@ class SegmentationClient:
         """The models the server serves."""
         with translating_rpc_errors(self.target):
             resp = self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._deadline(timeout), wait_for_ready=self._wait_for_ready
+                pb.ListModelsRequest(),
+                timeout=self._deadline(timeout),
+                wait_for_ready=self._wait_for_ready,
+                metadata=self._metadata,
             )
         return [ModelInfo.from_proto(m) for m in resp.models]
 
@@ -205,7 +234,9 @@ class SegmentationClient:
         while (attempt := wait.next_attempt()) is not None:
             try:
                 with translating_rpc_errors(self.target):
-                    resp = self._health.Check(HEALTH_REQUEST, timeout=attempt, wait_for_ready=True)
+                    resp = self._health.Check(
+                        HEALTH_REQUEST, timeout=attempt, wait_for_ready=True, metadata=self._metadata
+                    )
             except (ServerUnavailableError, DeadlineExceededError) as exc:
                 wait.failed(exc)
             else:

@@ -16,6 +16,7 @@ from typing import NoReturn
 import cv2
 
 from segstream.client._channel import DEFAULT_TARGET
+from segstream.client._cli_security import add_security_options, security_kwargs
 from segstream.client._cli_support import PROG, CliError, choose_model
 from segstream.client._cli_video import run_image, run_video
 from segstream.client._cli_webcam import run_webcam
@@ -62,6 +63,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "timeout": _DEFAULT_TIMEOUT_S,
     }
     _add_global_options(parser, defaults)
+    add_security_options(parser, environ)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     video = _command(commands, "video", run_video, "segment every frame of a video file, in order")
@@ -158,11 +160,12 @@ def _command(
     sub = commands.add_parser(name, help=help_text, description=help_text)
     sub.set_defaults(handler=handler)
     _add_global_options(sub, None)
+    add_security_options(sub, None)
     return sub
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    with SegmentationClient(args.server, timeout=args.timeout) as client:
+    with SegmentationClient(args.server, timeout=args.timeout, **security_kwargs(args)) as client:
         models = client.models()
     for m in models:
         flags = " (default)" if m.is_default else ""
@@ -177,7 +180,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _run_wait(args: argparse.Namespace) -> int:
-    with SegmentationClient(args.server, timeout=args.timeout) as client:
+    with SegmentationClient(args.server, timeout=args.timeout, **security_kwargs(args)) as client:
         client.wait_ready(timeout=args.timeout)
         if args.model:
             choose_model(client, args.model)

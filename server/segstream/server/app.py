@@ -20,6 +20,7 @@ from segstream.server.metrics import Metrics
 from segstream.server.pipeline import Pipeline
 from segstream.server.preprocess import inference_shape
 from segstream.server.providers import CPU
+from segstream.server.security import server_credentials, server_interceptors
 from segstream.server.service import SegmentationService
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
@@ -35,7 +36,14 @@ def load_models(config: ServerConfig) -> dict[str, Model]:
 
     models: dict[str, Model] = {}
     for spec in config.models:
-        model = OrtModel(spec, device=config.device, threads=config.threads)
+        model = OrtModel(
+            spec,
+            device=config.device,
+            threads=config.threads,
+            gpu=config.gpu,
+            max_batch=config.max_batch,
+            workers=config.workers,
+        )
         log.info(
             "model %s loaded from %s on %s (heads: %s)",
             spec.name,
@@ -89,7 +97,8 @@ class SegstreamServer:
         self.config = config
         self._given_models = models
         self._ready = False
-        self._server = grpc.aio.server(options=server_options(config))
+        self._server = grpc.aio.server(options=server_options(config), interceptors=server_interceptors(config))
+        self._credentials = server_credentials(config)
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._decode_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="segstream-decode")
@@ -103,6 +112,7 @@ class SegstreamServer:
             self.metrics,
             self._engine_failed,
         )
+        self.pipeline.buckets = config.gpu.buckets
         self._health_tasks: set[asyncio.Task[None]] = set()
         self.service = SegmentationService(
             self.pipeline,
@@ -125,7 +135,10 @@ class SegstreamServer:
 
     async def start(self) -> int:
         """Binds and starts serving (health NOT_SERVING), then loads and warms the models (SERVING)."""
-        self.port = self._server.add_insecure_port(self.config.address)
+        if self._credentials is None:
+            self.port = self._server.add_insecure_port(self.config.address)
+        else:
+            self.port = self._server.add_secure_port(self.config.address, self._credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.address}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -162,14 +175,21 @@ class SegstreamServer:
     async def _warm_up(self) -> None:
         # The first run of each head allocates ONNX Runtime's arenas (and on a GPU picks kernels);
         # doing it here keeps that cost out of the first client's latency.
-        height, width = inference_shape(480, 640, self.config.size)
-        frame = np.zeros((height, width, 3), np.uint8)
+        # Every bucket and every session of a head gets its run (a GPU picks kernels per shape and
+        # TensorRT builds its engine per session), at the largest batch too where it batches.
+        from segstream.server.ort_model import warm_up
+
+        shapes = self.config.gpu.buckets or (inference_shape(480, 640, self.config.size),)
         loop = asyncio.get_running_loop()
         assert self._infer_pool is not None
         for name, model in self.pipeline.models.items():
+            batches = sorted({1, self.config.max_batch if model.provider != CPU else 1})
             for head in model.heads:
-                await loop.run_in_executor(self._infer_pool, model.run, head, [frame], (480, 640))
-                log.info("warmed up %s/%s at %dx%d", name, head, width, height)
+                for height, width in shapes:
+                    for n in batches:
+                        frames = [np.zeros((height, width, 3), np.uint8)] * n
+                        await loop.run_in_executor(self._infer_pool, warm_up, model, head, frames, (480, 640))
+                    log.info("warmed up %s/%s at %dx%d", name, head, width, height)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         await self.health.set("", status)

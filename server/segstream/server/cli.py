@@ -8,9 +8,11 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from segstream.server.config import DEVICES, ConfigError, ModelSpec, ServerConfig, env_default
 from segstream.server.engine import EngineError
+from segstream.server.gpu_cli import add_gpu_arguments, gpu_options_from_args
 from segstream.server.logs import configure_logging
 
 log = logging.getLogger("segstream.server")
@@ -157,6 +159,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warmup", action="store_true", help="skip running each model once before reporting SERVING")
     p.add_argument("--no-reflection", action="store_true", help="do not offer gRPC server reflection")
     p.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env_default("tls-cert", "") or None,
+        metavar="PEM",
+        help="serve TLS with this PEM certificate chain (needs --tls-key; default: plaintext)",
+    )
+    p.add_argument(
+        "--tls-key",
+        type=Path,
+        default=env_default("tls-key", "") or None,
+        metavar="PEM",
+        help="PEM private key of --tls-cert",
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=env_default("tls-client-ca", "") or None,
+        metavar="PEM",
+        help="mutual TLS: require client certificates signed by these PEM CA certificates (needs --tls-cert)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=env_default("auth-token-file", "") or None,
+        metavar="FILE",
+        help="require 'authorization: Bearer <token>' on every call, server reflection included; FILE holds the "
+        "accepted tokens, one per line (blank lines and # comments ignored); grpc.health.v1 health checks stay open",
+    )
+    p.add_argument(
         "--grace",
         type=float,
         default=float(env_default("grace", "5")),
@@ -168,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default INFO)",
     )
+    add_gpu_arguments(p)
     return p
 
 
@@ -189,6 +221,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_message_bytes=args.max_message_bytes,
         warmup=not args.no_warmup,
         reflection=not args.no_reflection,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_token_file=args.auth_token_file,
         idle_timeout_s=args.idle_timeout,
         keepalive_time_s=args.keepalive_time,
         keepalive_timeout_s=args.keepalive_timeout,
@@ -196,6 +232,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connection_age_grace_s=args.max_connection_age_grace,
         metrics_port=args.metrics_port,
         max_engine_failures=args.max_engine_failures,
+        gpu=gpu_options_from_args(args),
     )
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from segstream.client.codec import DEFAULT_MAX_PIXELS
+from segstream.server.gpu_options import GpuOptions
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "tensorrt")
@@ -58,6 +59,13 @@ class ServerConfig:
     max_streams: int = 64
     warmup: bool = True
     reflection: bool = True
+    # TLS: the server's PEM certificate chain and private key (both or neither); with a client CA,
+    # clients must present a certificate it signed (mutual TLS). Checked in segstream.server.security.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Bearer tokens, one per line; every call but the health checks must carry one.
+    auth_token_file: Path | None = None
     # A stream with no message for this long is closed (0: never); catches clients that vanished.
     idle_timeout_s: float = 300.0
     # HTTP/2 keepalive pings find dead connections behind NATs and load balancers.
@@ -70,6 +78,8 @@ class ServerConfig:
     metrics_port: int = 0
     # Consecutive frames lost to engine failures before health turns NOT_SERVING (0: never).
     max_engine_failures: int = 10
+    # GPU providers, shape buckets, float16 and CUDA graphs; see segstream.server.gpu_options.
+    gpu: GpuOptions = field(default_factory=GpuOptions)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -110,6 +120,14 @@ class ServerConfig:
         _check_range("--max-engine-failures", self.max_engine_failures, 0, 1_000_000)
         if not 0 <= self.max_delay_ms <= 1000:
             raise ConfigError(f"--max-delay-ms {self.max_delay_ms}: must be between 0 and 1000")
+        try:
+            self.gpu.check(self.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        # Imported here: the security module builds on this one (ConfigError).
+        from segstream.server.security import check_security
+
+        check_security(self)
 
     @property
     def default_model(self) -> str:

@@ -1,10 +1,16 @@
 """ONNX Runtime implementation of the Model seam: serving graphs run with IOBinding.
 
-Each head gets its own session on the serving graph of that head (segstream.models.serving), so
+Each head gets its own session(s) on the serving graph of that head (segstream.models.serving), so
 the other head costs nothing and only uint8 frames go in and uint8 labels (plus two small score
 tensors) come out. Each worker thread owns its bindings and pre-allocated buffers, keyed by batch
 shape and reused across frames; the same path serves CPU and GPU providers: on a GPU the frames
-are copied into a device buffer and ONNX Runtime writes the results into the bound host buffers.
+are copied into a device buffer on the configured device and ONNX Runtime writes the results into
+the bound host buffers.
+
+Where one session serializes its runs (TensorRT, CUDA graphs) a head gets several sessions and
+each worker thread sticks to one of them. With CUDA graphs every binding (head, batch shape, output
+size) also gets its own graph id and device-resident outputs, because a captured graph replays with
+the addresses it was captured with.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import onnxruntime as ort
 from segstream.models.graph import is_synthetic
 from segstream.models.serving import CLASS_SHARE, CONFIDENCE, FRAMES, LABELS, OUTPUT_SIZE, serving_graph
 from segstream.server.config import Device, ModelSpec
-from segstream.server.engine import HEADS, BatchResult, EngineError, U8Array
+from segstream.server.engine import HEADS, BatchResult, EngineError, Model, U8Array
+from segstream.server.gpu_options import CUDA, TENSORRT, GpuOptions, serializes_runs, session_count
 from segstream.server.providers import CPU, check_loaded, provider_list
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,11 @@ log = logging.getLogger(__name__)
 # Distinct batch shapes whose buffers one worker keeps; frames of a stream share one shape,
 # so a handful covers several streams with different frame sizes.
 _BINDINGS_PER_WORKER = 8
+# CUDA graphs one session captures (each holds its own device memory); later shapes run uncaptured.
+_GRAPHS_PER_SESSION = 32
+# ONNX Runtime's run option naming the CUDA graph a run captures or replays; -1 runs without one.
+_GRAPH_ID_KEY = "gpu_graph_id"
+_NO_GRAPH = "-1"
 
 
 @dataclass
@@ -40,6 +52,9 @@ class _Binding:
     device_frames: Any  # onnxruntime.OrtValue on the device, or None on the CPU
     output_size: Any  # keeps the bound int64 [2] buffer alive
     result: BatchResult
+    device_outputs: tuple[Any, ...] | None = None  # OrtValues the CUDA graph writes (labels, confidence, share)
+    run_options: Any = None  # onnxruntime.RunOptions carrying the graph id, or None
+    graph_id: int | None = None
 
 
 class OrtModel:
@@ -51,8 +66,16 @@ class OrtModel:
         device: Device = "auto",
         threads: int = 0,
         heads: Sequence[str] = HEADS,
+        gpu: GpuOptions | None = None,
+        max_batch: int = 1,
+        workers: int = 0,
     ) -> None:
         self._name = spec.name
+        gpu = gpu or GpuOptions()
+        try:
+            gpu.check(device)
+        except ValueError as exc:
+            raise EngineError(f"model {spec.name}: {exc}") from exc
         try:
             proto = onnx.load(str(spec.path))
         except Exception as exc:
@@ -63,22 +86,65 @@ class OrtModel:
             raise EngineError(f"model {spec.name}: none of the heads {list(heads)} among outputs {outputs}")
         self._synthetic = is_synthetic(proto)
         self._num_classes = _num_classes(proto, self._heads[0])
-        self._providers = provider_list(device)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self._sessions: dict[str, ort.InferenceSession] = {}
-        for head in self._heads:
-            try:
-                graph = serving_graph(proto, head).SerializeToString()
-                session = ort.InferenceSession(graph, options, providers=self._providers)
-            except Exception as exc:
-                raise EngineError(f"model {spec.name}: ONNX Runtime cannot load {spec.path}: {exc}") from exc
-            self._provider = check_loaded(device, self._providers, session, spec.name)
-            self._sessions[head] = session
+        try:
+            self._providers = provider_list(device, gpu, max_batch)
+        except EngineError as exc:
+            raise EngineError(f"model {spec.name}: {exc}") from exc
+        wanted = _provider_name(self._providers[0])
+        if wanted == TENSORRT:
+            _prepare_tensorrt(spec.name, gpu)
+        self._options = ort.SessionOptions()
+        self._options.intra_op_num_threads = threads
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options.log_severity_level = 3
+        self._path = spec.path
+        self._float16 = gpu.fp16 and wanted == CUDA
+        self._graph_bytes: dict[str, bytes] = {}
+        self._proto = proto
+        first = {head: self._load(head) for head in self._heads}
+        self._provider = check_loaded(device, self._providers, next(iter(first.values())), spec.name)
+        if self._float16 and self._provider == CPU:
+            # --device auto on a machine whose CUDA did not load: float16 would only slow the CPU down.
+            log.warning("model %s: --fp16 ignored on the CPU, serving the float32 graph", spec.name)
+            self._float16 = False
+            self._graph_bytes.clear()
+            first = {head: self._load(head) for head in self._heads}
+        self._device_id = gpu.device_id
         self._on_device = self._provider != CPU
+        self._graphs = gpu.cuda_graph and self._provider == CUDA
+        count = session_count(self._provider, gpu, workers)
+        self._sessions: dict[str, list[ort.InferenceSession]] = {
+            head: [session, *(self._load(head) for _ in range(count - 1))] for head, session in first.items()
+        }
+        self._graph_bytes.clear()
+        del self._proto
+        # A session that serializes its runs anyway gets a lock, so that a CUDA graph is never
+        # captured while another thread launches kernels on the same stream.
+        serial = serializes_runs(self._provider, gpu)
+        self._session_locks = [threading.Lock() if serial else None for _ in range(count)]
+        self._next_graph_id = [1] * count  # ONNX Runtime reserves id 0
+        self._counter_lock = threading.Lock()
+        self._next_session = 0
         self._local = threading.local()
+        log.info(
+            "model %s: %d session(s) per head on %s%s%s",
+            spec.name,
+            count,
+            self._provider,
+            ", float16" if self._float16 else "",
+            ", CUDA graphs" if self._graphs else "",
+        )
+
+    def _load(self, head: str) -> ort.InferenceSession:
+        graph = self._graph_bytes.get(head)
+        try:
+            if graph is None:
+                graph = self._graph_bytes[head] = _serving_bytes(self._proto, head, self._float16)
+            return ort.InferenceSession(graph, self._options, providers=self._providers)
+        except EngineError as exc:
+            raise EngineError(f"model {self._name}: {exc}") from exc
+        except Exception as exc:
+            raise EngineError(f"model {self._name}: ONNX Runtime cannot load {self._path}: {exc}") from exc
 
     @property
     def name(self) -> str:
@@ -100,38 +166,118 @@ class OrtModel:
     def synthetic(self) -> bool:
         return self._synthetic
 
+    @property
+    def float16(self) -> bool:
+        """Whether the float16 variant of the graph is being served."""
+        return self._float16
+
+    @property
+    def sessions_per_head(self) -> int:
+        return len(self._session_locks)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self._graphs
+
     def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
-        session = self._sessions.get(head)
-        if session is None:
+        sessions = self._sessions.get(head)
+        if sessions is None:
             raise EngineError(f"model {self._name} does not serve head {head!r} (heads: {list(self._heads)})")
-        binding = self._binding(head, session, (len(frames), *frames[0].shape), output_size)
-        for i, frame in enumerate(frames):
-            binding.frames[i] = frame
-        if binding.device_frames is not None:
-            binding.device_frames.update_inplace(binding.frames)
-        session.run_with_iobinding(binding.io)
-        binding.io.synchronize_outputs()
+        index = self._session_index()
+        binding = self._binding(head, index, sessions[index], (len(frames), *frames[0].shape), output_size)
+        self._run(index, sessions[index], binding, frames)
         return binding.result
 
+    def warm_up(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> None:
+        """Runs every session of `head` once, so that each picks its kernels (or builds its TensorRT
+        engine) before the first client frame. Uses throwaway buffers and captures no CUDA graph."""
+        sessions = self._sessions.get(head)
+        if sessions is None:
+            raise EngineError(f"model {self._name} does not serve head {head!r} (heads: {list(self._heads)})")
+        shape = (len(frames), *frames[0].shape)
+        for index, session in enumerate(sessions):
+            self._run(index, session, self._new_binding(session, shape, output_size, None), frames)
+
+    def frames_devices(self) -> set[str]:
+        """Where the calling thread's bindings hold their `frames` input ('cuda' or 'cpu')."""
+        cache: OrderedDict[tuple[Any, ...], _Binding] | None = getattr(self._local, "cache", None)
+        if cache is None:
+            return set()
+        return {"cpu" if b.device_frames is None else str(b.device_frames.device_name()) for b in cache.values()}
+
+    def _run(self, index: int, session: ort.InferenceSession, binding: _Binding, frames: Sequence[U8Array]) -> None:
+        for i, frame in enumerate(frames):
+            binding.frames[i] = frame
+        lock = self._session_locks[index]
+        if lock is not None:
+            lock.acquire()
+        try:
+            if binding.device_frames is not None:
+                binding.device_frames.update_inplace(binding.frames)
+            session.run_with_iobinding(binding.io, binding.run_options)
+            binding.io.synchronize_outputs()
+            if binding.device_outputs is not None:
+                result = binding.result
+                arrays: tuple[np.ndarray[Any, Any], ...] = (result.labels, result.confidence, result.class_share)
+                for value, array in zip(binding.device_outputs, arrays, strict=True):
+                    np.copyto(array, value.numpy())
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _session_index(self) -> int:
+        index: int | None = getattr(self._local, "session", None)
+        if index is None:
+            with self._counter_lock:
+                index = self._next_session % len(self._session_locks)
+                self._next_session += 1
+            self._local.session = index
+        return index
+
     def _binding(
-        self, head: str, session: ort.InferenceSession, shape: tuple[int, ...], output_size: tuple[int, int]
+        self,
+        head: str,
+        index: int,
+        session: ort.InferenceSession,
+        shape: tuple[int, ...],
+        output_size: tuple[int, int],
     ) -> _Binding:
         cache: OrderedDict[tuple[Any, ...], _Binding] | None = getattr(self._local, "cache", None)
         if cache is None:
             cache = self._local.cache = OrderedDict()
-        key = (head, *shape, *output_size)
+        key = (head, index, *shape, *output_size)
         found = cache.get(key)
         if found is not None:
             cache.move_to_end(key)
             return found
-        binding = self._new_binding(session, shape, output_size)
+        binding = self._new_binding(session, shape, output_size, self._new_graph_id(index))
         cache[key] = binding
-        if len(cache) > _BINDINGS_PER_WORKER:
-            cache.popitem(last=False)
+        if len(cache) > (_GRAPHS_PER_SESSION if self._graphs else _BINDINGS_PER_WORKER):
+            (evicted_head, evicted_index, *_), evicted = cache.popitem(last=False)
+            if evicted.graph_id is not None:
+                # Its buffers go away, so its graph must never replay: the id is not reused, and
+                # ONNX Runtime versions that can release a captured graph free its memory now.
+                release = getattr(self._sessions[evicted_head][evicted_index], "release_captured_graph", None)
+                if release is not None:
+                    release(evicted.graph_id)
         return binding
 
+    def _new_graph_id(self, index: int) -> int | None:
+        if not self._graphs:
+            return None
+        with self._counter_lock:
+            graph_id = self._next_graph_id[index]
+            if graph_id > _GRAPHS_PER_SESSION:
+                return None
+            self._next_graph_id[index] = graph_id + 1
+        return graph_id
+
     def _new_binding(
-        self, session: ort.InferenceSession, shape: tuple[int, ...], output_size: tuple[int, int]
+        self,
+        session: ort.InferenceSession,
+        shape: tuple[int, ...],
+        output_size: tuple[int, int],
+        graph_id: int | None,
     ) -> _Binding:
         n = shape[0]
         frames = np.empty(shape, np.uint8)
@@ -144,23 +290,84 @@ class OrtModel:
         io = session.io_binding()
         device_frames = None
         if self._on_device:
-            device_frames = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.uint8, "cuda", 0)
+            device_frames = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.uint8, "cuda", self._device_id)
             io.bind_ortvalue_input(FRAMES, device_frames)
         else:
             # The session reads the host buffer in place: no copy at all.
             io.bind_input(FRAMES, "cpu", 0, np.uint8, list(shape), frames.ctypes.data)
         # Resize reads its target size on the host whatever the provider.
         io.bind_input(OUTPUT_SIZE, "cpu", 0, np.int64, [2], size.ctypes.data)
-        for name, array in (
-            (LABELS, result.labels),
-            (CONFIDENCE, result.confidence),
-            (CLASS_SHARE, result.class_share),
-        ):
-            io.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-        return _Binding(io=io, frames=frames, device_frames=device_frames, output_size=size, result=result)
+        outputs = ((LABELS, result.labels), (CONFIDENCE, result.confidence), (CLASS_SHARE, result.class_share))
+        device_outputs = None
+        run_options = None
+        if graph_id is not None:
+            # A replayed graph writes where it wrote when captured, and ONNX Runtime copies nothing
+            # back on a replay: the outputs live on the device and are copied out after each run.
+            device_outputs = tuple(
+                ort.OrtValue.ortvalue_from_shape_and_type(list(a.shape), a.dtype, "cuda", self._device_id)
+                for _, a in outputs
+            )
+            for (name, _), value in zip(outputs, device_outputs, strict=True):
+                io.bind_ortvalue_output(name, value)
+        else:
+            for name, array in outputs:
+                io.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        if self._graphs:
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry(_GRAPH_ID_KEY, _NO_GRAPH if graph_id is None else str(graph_id))
+        return _Binding(
+            io=io,
+            frames=frames,
+            device_frames=device_frames,
+            output_size=size,
+            result=result,
+            device_outputs=device_outputs,
+            run_options=run_options,
+            graph_id=graph_id,
+        )
 
     def close(self) -> None:
         self._sessions.clear()
+
+
+def warm_up(model: Model, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> None:
+    """Runs `model` once on `frames`: every session of an OrtModel, a plain run of any other Model."""
+    if isinstance(model, OrtModel):
+        model.warm_up(head, frames, output_size)
+    else:
+        model.run(head, frames, output_size)
+
+
+def _serving_bytes(proto: onnx.ModelProto, head: str, float16: bool) -> bytes:
+    if float16:
+        from segstream.models.fp16 import Float16Unavailable, fcn_to_float16
+        from segstream.models.graph import keep_outputs
+
+        try:
+            proto = fcn_to_float16(keep_outputs(proto, [head]))
+        except Float16Unavailable as exc:
+            raise EngineError(f"--fp16: {exc}") from exc
+    return bytes(serving_graph(proto, head).SerializeToString())
+
+
+def _prepare_tensorrt(model: str, gpu: GpuOptions) -> None:
+    if gpu.trt_cache_dir is not None:
+        try:
+            gpu.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EngineError(f"model {model}: --trt-cache-dir {gpu.trt_cache_dir}: {exc}") from exc
+    else:
+        log.warning("model %s: no --trt-cache-dir, so TensorRT builds its engines again on every start", model)
+    if not gpu.buckets:
+        log.warning(
+            "model %s: TensorRT without --buckets builds a new engine whenever a frame shape falls outside "
+            "the ones seen so far; pass --buckets to build one engine for all of them up front",
+            model,
+        )
+
+
+def _provider_name(provider: str | tuple[str, Any]) -> str:
+    return provider if isinstance(provider, str) else provider[0]
 
 
 def _num_classes(proto: onnx.ModelProto, head: str) -> int:

@@ -21,7 +21,7 @@ from segstream.server.engine import EngineError, Model, U8Array
 from segstream.server.errors import InvalidConfigError, status_for
 from segstream.server.metrics import Metrics
 from segstream.server.postprocess import OutputSpec, postprocess
-from segstream.server.preprocess import inference_shape, resize_rgb
+from segstream.server.preprocess import resize_rgb, snap_to_bucket
 from segstream.v1 import segmentation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Pipeline:
         self.models = models
         self.default_model = default_model
         self._size = size
+        # Inference shapes frames snap to (--buckets); empty: short side = size, aspect kept.
+        self.buckets: tuple[tuple[int, int], ...] = ()
         self._max_pixels = max_pixels
         self._decode_pool = decode_pool
         self.batcher: Batcher | None = None
@@ -141,7 +143,7 @@ class Pipeline:
 
     def _prepare(self, frame: pb.Frame) -> tuple[U8Array, U8Array]:
         rgb = codec.decode_frame(frame, self._max_pixels)
-        return rgb, resize_rgb(rgb, inference_shape(rgb.shape[0], rgb.shape[1], self._size))
+        return rgb, resize_rgb(rgb, snap_to_bucket(rgb.shape[0], rgb.shape[1], self._size, self.buckets))
 
     def run_batch(self, key: Hashable, items: Sequence[_Work]) -> list[Any]:
         """Runs in an inference worker thread: the model on the batch, then each frame's postprocess."""

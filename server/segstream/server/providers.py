@@ -1,47 +1,62 @@
-"""Choosing ONNX Runtime execution providers and checking which one really loaded."""
+"""Choosing ONNX Runtime execution providers and checking which one really loaded.
+
+The option dicts themselves are built in segstream.server.gpu_options (pure, tested without a GPU).
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import onnxruntime as ort
 
 from segstream.server.config import Device
 from segstream.server.engine import EngineError
+from segstream.server.gpu_options import CPU, CUDA, TENSORRT, GpuOptions, ProviderList, build_provider_list
+
+__all__ = ["CPU", "CUDA", "TENSORRT", "ProviderList", "check_loaded", "nvidia_gpu_present", "provider_list"]
 
 log = logging.getLogger(__name__)
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
+_DRIVER = Path("/proc/driver/nvidia/version")
 
-ProviderList = list[str | tuple[str, dict[str, Any]]]
+_HINTS = {
+    CUDA: "check the NVIDIA driver (>= 580 for CUDA 13), the CUDA/cuDNN libraries "
+    "(pip install 'onnxruntime-gpu[cuda,cudnn]') and onnxruntime-gpu, or start with --device cpu",
+    TENSORRT: "check that TensorRT's libraries matching onnxruntime-gpu (libnvinfer.so.10, libnvonnxparser.so.10) "
+    "are on LD_LIBRARY_PATH next to CUDA/cuDNN, or start with --device cuda",
+}
 
 
 def nvidia_gpu_present() -> bool:
     """Whether the NVIDIA kernel driver is loaded; without it the CUDA provider cannot load."""
-    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+    return _DRIVER.exists() or Path("/dev/nvidia0").exists()
 
 
-def provider_list(device: Device) -> ProviderList:
-    """Providers to ask ONNX Runtime for, most preferred first."""
+def provider_list(device: Device, gpu: GpuOptions | None = None, max_batch: int = 1) -> ProviderList:
+    """Providers to ask ONNX Runtime for, most preferred first.
+
+    An explicit cuda or tensorrt device on a machine without the NVIDIA driver fails here with
+    one clear line instead of ONNX Runtime's library errors.
+    """
+    gpu = gpu or GpuOptions()
     if device == "auto":
         # onnxruntime-gpu lists CUDA as available even on machines without a GPU; trying it there
         # only fills the log with library errors, so look for the driver first.
         usable = CUDA in ort.get_available_providers() and nvidia_gpu_present()
         device = "cuda" if usable else "cpu"
-    if device == "cpu":
-        return [CPU]
-    _preload_cuda_libraries()
-    cuda: tuple[str, dict[str, Any]] = (CUDA, {"cudnn_conv_algo_search": "EXHAUSTIVE"})
-    if device == "cuda":
-        return [cuda, CPU]
-    return [(TENSORRT, {}), cuda, CPU]
+    elif device != "cpu" and not nvidia_gpu_present():
+        wanted = TENSORRT if device == "tensorrt" else CUDA
+        raise EngineError(
+            f"--device {device} asked for {wanted} but this machine has no NVIDIA driver "
+            f"({_DRIVER} is missing): install the driver, or start with --device cpu"
+        )
+    if device != "cpu":
+        _preload_cuda_libraries()
+    return build_provider_list(device, gpu, max_batch)
 
 
-def _name(provider: str | tuple[str, dict[str, Any]]) -> str:
+def _name(provider: str | tuple[str, object]) -> str:
     return provider if isinstance(provider, str) else provider[0]
 
 
@@ -52,8 +67,7 @@ def check_loaded(device: Device, wanted: ProviderList, session: ort.InferenceSes
     if device != "auto" and got != first:
         raise EngineError(
             f"model {model}: --device {device} asked for {first} but ONNX Runtime loaded {got}; "
-            "check the NVIDIA driver (>= 580 for CUDA 13), the CUDA/cuDNN libraries and onnxruntime-gpu, "
-            "or start with --device cpu"
+            f"{_HINTS.get(first, 'start with --device cpu')}"
         )
     if device == "auto" and first != CPU and got == CPU:
         log.warning("model %s: CUDA did not load, running on the CPU", model)

@@ -1,0 +1,68 @@
+"""The benchmark's frames: 640x480 JPEGs made once, up front, from the bundled photographs.
+
+Encoding happens before any clock starts, so the client's encode cost is never measured; every
+stream sends the same few encoded frames in turn, as `Frame.encoded`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segstream.client import codec
+from segstream.client.codec import U8Array
+from segstream.v1 import segmentation_pb2 as pb
+
+WIDTH, HEIGHT = 640, 480
+JPEG_QUALITY = 90
+# The two COCO photographs in samples/ (640x480 and 640x478).
+SAMPLE_NAMES = ("000000017968.jpg", "000000025205.jpg")
+
+
+def samples_dir() -> Path:
+    """samples/ of the source tree this package runs from (an editable install or a checkout)."""
+    return Path(__file__).resolve().parents[3] / "samples"
+
+
+def load_photos(directory: Path | None = None) -> list[U8Array]:
+    """The sample photographs as BGR arrays; raises FileNotFoundError naming what is missing."""
+    folder = samples_dir() if directory is None else directory
+    photos: list[U8Array] = []
+    for name in SAMPLE_NAMES:
+        path = folder / name
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"sample photograph {path} is missing or unreadable (pass --samples DIR)")
+        photos.append(codec.as_u8(image))
+    return photos
+
+
+def variants(photo: U8Array) -> list[U8Array]:
+    """Three 640x480 views of one photograph: whole, mirrored, and a centred 1.25x zoom."""
+    whole = codec.as_u8(cv2.resize(photo, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA))
+    mirrored = np.ascontiguousarray(whole[:, ::-1])
+    height, width = photo.shape[:2]
+    crop_h, crop_w = round(height / 1.25), round(width / 1.25)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    crop = photo[top : top + crop_h, left : left + crop_w]
+    zoom = codec.as_u8(cv2.resize(crop, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR))
+    return [whole, mirrored, zoom]
+
+
+def encoded_frames(photos: Sequence[U8Array] | None = None) -> list[bytes]:
+    """JPEG bytes of every 640x480 variant of the photographs, in a fixed order."""
+    images = [v for photo in (load_photos() if photos is None else photos) for v in variants(photo)]
+    return [codec.encode_bgr(image, "jpeg", JPEG_QUALITY) for image in images]
+
+
+def frame_request(data: bytes, frame_id: int, timestamp_ns: int) -> pb.SegmentRequest:
+    """One stream message carrying an encoded frame."""
+    request = pb.SegmentRequest()
+    frame = request.frame
+    frame.frame_id = frame_id
+    frame.capture_time.FromNanoseconds(timestamp_ns)
+    frame.encoded.data = data
+    return request

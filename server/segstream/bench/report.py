@@ -1,0 +1,285 @@
+"""Measurements of one benchmark run, the figures derived from them, and how they are printed.
+
+`build_report` turns the three measurements into one flat dict (the `--json` object); `render`
+writes the same figures as a table for people. Ratios: served/raw and served/pipeline frames per
+second; the serving overhead per frame is the served p50 latency minus the pipeline p50, given
+only for one stream (with more streams a frame also waits for the other streams' frames).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from segstream.bench.cpu import CpuUse
+
+# The issue's CPU targets, checked where a run's configuration is the one they are stated for.
+TARGET_RATIO_PIPELINE = 0.97
+TARGET_OVERHEAD_MS = 1.0
+TARGET_LATEST_LATENCY_X = 1.5
+# Cores other processes may use during a phase before the report calls the figures disturbed.
+DISTURBED_CORES = 0.1
+
+STAGES = ("decode", "queue", "inference", "postprocess", "total")
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (linear interpolation), or None without values."""
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values, np.float64), q))
+
+
+def mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+@dataclass
+class StreamStats:
+    """What one client stream saw."""
+
+    sent: int = 0
+    answered: int = 0  # responses, with or without an error
+    errors: int = 0
+    dropped: int = 0  # the server's count for this stream (LATEST), from the last response
+    latencies_ms: list[float] = field(default_factory=list)  # send -> response, answered frames without error
+    stage_sums_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    first_error: str = ""
+
+    @property
+    def unaccounted(self) -> int:
+        """Frames sent that neither got an answer nor were counted as dropped (should be 0)."""
+        return self.sent - self.answered - self.dropped
+
+
+@dataclass
+class ServedResult:
+    """The served phase: N streams through a real server."""
+
+    streams: list[StreamStats]
+    wall_s: float  # first send to last response
+    provider: str
+    model: str
+    synthetic: bool
+    server_peak_rss_mb: float | None = None
+    server_rss_mb: float | None = None
+    cpu: CpuUse | None = None
+
+    @property
+    def sent(self) -> int:
+        return sum(s.sent for s in self.streams)
+
+    @property
+    def answered(self) -> int:
+        return sum(s.answered for s in self.streams)
+
+    @property
+    def errors(self) -> int:
+        return sum(s.errors for s in self.streams)
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self.streams)
+
+    @property
+    def unaccounted(self) -> int:
+        return sum(s.unaccounted for s in self.streams)
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return [v for s in self.streams for v in s.latencies_ms]
+
+    @property
+    def fps(self) -> float:
+        """Frames segmented without error per second of the measured phase."""
+        ok = self.answered - self.errors
+        return ok / self.wall_s if self.wall_s > 0 else 0.0
+
+    def stage_means_ms(self) -> dict[str, float | None]:
+        ok = self.answered - self.errors
+        return {stage: (sum(s.stage_sums_ms[stage] for s in self.streams) / ok if ok else None) for stage in STAGES}
+
+    @property
+    def first_error(self) -> str:
+        return next((s.first_error for s in self.streams if s.first_error), "")
+
+
+@dataclass
+class LoopResult:
+    """An in-process loop: per-iteration times and the loop's total."""
+
+    times_ms: list[float]
+    total_s: float
+    provider: str
+    stage_means_ms: dict[str, float] = field(default_factory=dict)
+    cpu: CpuUse | None = None
+
+    @property
+    def fps(self) -> float:
+        return len(self.times_ms) / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def mean_ms(self) -> float | None:
+        return mean(self.times_ms)
+
+    @property
+    def p50_ms(self) -> float | None:
+        return percentile(self.times_ms, 50)
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return round(value, digits)
+
+
+def build_report(
+    settings: Mapping[str, Any],
+    served: ServedResult,
+    raw: LoopResult,
+    pipeline: LoopResult,
+    bench_peak_rss_mb: float | None,
+) -> dict[str, Any]:
+    """The flat result object; `settings` holds the run's configuration (streams, frames, policy, ...)."""
+    latencies = served.latencies_ms
+    p50 = percentile(latencies, 50)
+    pipeline_ms = pipeline.mean_ms
+    pipeline_p50 = pipeline.p50_ms
+    streams = int(settings["streams"])
+    overhead = p50 - pipeline_p50 if streams == 1 and p50 is not None and pipeline_p50 is not None else None
+    report: dict[str, Any] = {
+        "served_fps": _round(served.fps),
+        "raw_fps": _round(raw.fps),
+        "pipeline_fps": _round(pipeline.fps),
+        "ratio_raw": _round(ratio(served.fps, raw.fps), 6),
+        "ratio_pipeline": _round(ratio(served.fps, pipeline.fps), 6),
+        "p50_ms": _round(p50),
+        "p95_ms": _round(percentile(latencies, 95)),
+        "p99_ms": _round(percentile(latencies, 99)),
+        "mean_ms": _round(mean(latencies)),
+        "max_ms": _round(max(latencies) if latencies else None),
+        "pipeline_ms": _round(pipeline_ms),
+        "pipeline_p50_ms": _round(pipeline_p50),
+        "raw_ms": _round(raw.mean_ms),
+        "raw_p50_ms": _round(raw.p50_ms),
+        "overhead_ms": _round(overhead),
+        "latency_x_pipeline": _round(ratio(p50, pipeline_ms), 4),
+        "sent": served.sent,
+        "answered": served.answered,
+        "dropped": served.dropped,
+        "errors": served.errors,
+        "unaccounted": served.unaccounted,
+        "first_error": served.first_error,
+        "wall_s": _round(served.wall_s),
+        **dict(settings),
+        "model": served.model or settings.get("model"),
+        "synthetic": served.synthetic,
+        "provider": served.provider,
+        "inprocess_provider": pipeline.provider,
+        "server_stage_ms": {k: _round(v) for k, v in served.stage_means_ms().items()},
+        "pipeline_stage_ms": {k: _round(v) for k, v in pipeline.stage_means_ms.items()},
+        "raw_iterations": len(raw.times_ms),
+        "pipeline_iterations": len(pipeline.times_ms),
+        "server_peak_rss_mb": _round(served.server_peak_rss_mb, 1),
+        "server_rss_mb": _round(served.server_rss_mb, 1),
+        "bench_peak_rss_mb": _round(bench_peak_rss_mb, 1),
+        "cpu_cores": {
+            name: (phase.cpu.as_dict() if phase.cpu is not None else None)
+            for name, phase in (("served", served), ("raw", raw), ("pipeline", pipeline))
+        },
+    }
+    report["targets"] = targets(report)
+    return report
+
+
+def targets(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's targets that apply to this run's configuration, each with its value and verdict."""
+    checks: dict[str, dict[str, Any]] = {}
+    saturating = report["policy"] == "ordered" and not report["rate"]
+    if saturating and report["streams"] > 1 and report["ratio_pipeline"] is not None:
+        value = report["ratio_pipeline"]
+        checks["ratio_pipeline"] = _check(value, ">=", TARGET_RATIO_PIPELINE, value >= TARGET_RATIO_PIPELINE)
+    if report["overhead_ms"] is not None:
+        value = report["overhead_ms"]
+        checks["overhead_ms"] = _check(value, "<=", TARGET_OVERHEAD_MS, value <= TARGET_OVERHEAD_MS)
+    if report["policy"] == "latest" and report["rate"] and report["latency_x_pipeline"] is not None:
+        value = report["latency_x_pipeline"]
+        checks["latency_x_pipeline"] = _check(value, "<=", TARGET_LATEST_LATENCY_X, value <= TARGET_LATEST_LATENCY_X)
+    return checks
+
+
+def _check(value: float, op: str, limit: float, met: bool) -> dict[str, Any]:
+    return {"value": value, "op": op, "limit": limit, "met": met}
+
+
+def to_json(report: Mapping[str, Any]) -> str:
+    """The report as one line of JSON."""
+    return json.dumps(report, separators=(", ", ": "), allow_nan=False)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render(report: Mapping[str, Any]) -> str:
+    """The report as a table for people."""
+    r = report
+    rate = f", {r['rate']:g} fps per stream" if r["rate"] else ""
+    window = f", window {r['window']}" if r["policy"] == "ordered" else ""
+    synthetic = " (synthetic weights)" if r["synthetic"] else ""
+    height, width = r["inference_shape"]
+    lines = [
+        f"model     {r['model']}{synthetic} on {r['provider']}, size {r['size']} (network input {width}x{height}), "
+        f"threads {r['threads'] or 'all'}, max-batch {r['max_batch']}, outputs {','.join(r['outputs'])}",
+        f"served    {r['streams']} stream(s) x {r['frames']} frames, {r['policy']}{window}{rate}: "
+        f"{r['sent']} sent, {r['answered']} answered, {r['dropped']} dropped, {r['errors']} errors "
+        f"in {_num(r['wall_s'])} s",
+        f"          {_num(r['served_fps'])} fps   latency ms p50 {_ms(r['p50_ms'])}  p95 {_ms(r['p95_ms'])}  "
+        f"p99 {_ms(r['p99_ms'])}  mean {_ms(r['mean_ms'])}",
+        "          server stages, mean ms: " + "  ".join(f"{k} {_ms(v)}" for k, v in r["server_stage_ms"].items()),
+        f"raw ORT   {_num(r['raw_fps'])} fps   {_ms(r['raw_ms'])} ms/frame mean, p50 {_ms(r['raw_p50_ms'])}"
+        f"   ({r['raw_iterations']} runs of float32 [1,3,{height},{width}])",
+        f"pipeline  {_num(r['pipeline_fps'])} fps   {_ms(r['pipeline_ms'])} ms/frame mean, "
+        f"p50 {_ms(r['pipeline_p50_ms'])}   ("
+        + ", ".join(f"{k} {_ms(v)}" for k, v in r["pipeline_stage_ms"].items())
+        + ")",
+        f"ratios    served/raw {_num(r['ratio_raw'], 3)}   served/pipeline {_num(r['ratio_pipeline'], 3)}   "
+        f"served p50 / pipeline mean {_num(r['latency_x_pipeline'], 2)}",
+    ]
+    if r["overhead_ms"] is not None:
+        lines.append(f"overhead  serving overhead per frame (served p50 - pipeline p50): {r['overhead_ms']:.2f} ms")
+    lines.append(
+        f"memory    server peak RSS {_ms(r['server_peak_rss_mb'])} MB, bench process peak RSS "
+        f"{_ms(r['bench_peak_rss_mb'])} MB"
+    )
+    for phase, cpu in r["cpu_cores"].items():
+        if cpu is None:
+            continue
+        used = ", ".join(f"{who} {_num(cores)}" for who, cores in cpu.items() if cores is not None)
+        lines.append(f"cpu       {phase}: cores busy on average: {used}")
+        if cpu["other"] is not None and cpu["other"] > DISTURBED_CORES:
+            lines.append(
+                f"WARNING   other processes kept {cpu['other']:.2f} cores busy during the {phase} phase: "
+                "its figures are disturbed; run again on a quiet machine"
+            )
+    for name, check in r["targets"].items():
+        verdict = "met" if check["met"] else "MISSED"
+        lines.append(f"target    {name} {check['op']} {check['limit']:g}: {check['value']:.3f} {verdict}")
+    if r["unaccounted"]:
+        lines.append(f"WARNING   {r['unaccounted']} frame(s) sent were neither answered nor counted as dropped")
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""segstream-bench: options, the report's arithmetic, LATEST accounting, and one small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from segstream.bench.cli import build_parser, main
+from segstream.bench.cpu import CpuMeter
+from segstream.bench.frames import HEIGHT, WIDTH, encoded_frames, load_photos
+from segstream.bench.report import LoopResult, ServedResult, StreamStats, build_report, render, to_json
+from segstream.bench.served import LoadSpec, run_load
+from segstream.client import StreamOptions
+from segstream.client.codec import decode_encoded
+from segstream.server.app import SegstreamServer
+from segstream.server.config import ModelSpec, ServerConfig
+from segstream.server.engine import BatchResult, U8Array
+from tests.fakes import GatedModel
+
+REQUIRED_KEYS = {
+    "served_fps",
+    "raw_fps",
+    "pipeline_fps",
+    "ratio_raw",
+    "ratio_pipeline",
+    "p50_ms",
+    "p99_ms",
+    "pipeline_ms",
+    "dropped",
+    "streams",
+    "frames",
+    "policy",
+    "model",
+    "provider",
+    "size",
+}
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for action in build_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        assert action.help, f"{action.option_strings} has no help text"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--streams", "0"], "--streams 0: must be between 1 and"),
+        (["--frames", "0"], "--frames 0: must be between 1 and"),
+        (["--rate", "-1"], "--rate -1: must be between 0 and"),
+        (["--window", "0"], "--window 0"),
+        (["--iterations", "0"], "--iterations 0"),
+        (["--size", "-5"], "--size -5"),
+        (["--max-batch", "0"], "--max-batch 0"),
+        (["--startup-timeout", "0"], "--startup-timeout 0: must be positive"),
+        (["--outputs", "label_mask,bogus"], "--outputs 'label_mask,bogus': a comma-separated list of"),
+        (["--outputs", ","], "--outputs ','"),
+        (["--model", "/nonexistent/m.onnx"], "--model /nonexistent/m.onnx: no such file"),
+        (["--server", "localhost"], "expected HOST:PORT"),
+        (["--server", "localhost:99999"], "expected HOST:PORT"),
+        (["--server", "127.0.0.1:50051", "--server-arg=--workers=2"], "--server-arg only applies"),
+        (["--samples", "/nonexistent"], "--samples /nonexistent: no such folder"),
+        (["--policy", "newest"], "invalid choice"),
+        (["--device", "tpu"], "invalid choice"),
+        (["--streams", "four"], "invalid int value"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("segstream-bench: error: ") and message in err and "Traceback" not in err
+
+
+def test_frames_are_640x480_jpegs_of_the_samples() -> None:
+    frames = encoded_frames(load_photos())
+    assert len(frames) == 6 and len(set(frames)) == 6
+    for data in frames:
+        assert data[:2] == b"\xff\xd8"
+        assert decode_encoded(data).shape == (HEIGHT, WIDTH, 3)
+
+
+def _stream(latencies: Sequence[float], sent: int, dropped: int = 0, errors: int = 0) -> StreamStats:
+    stats = StreamStats(sent=sent, answered=len(latencies) + errors, errors=errors, dropped=dropped)
+    stats.latencies_ms.extend(latencies)
+    for stage in stats.stage_sums_ms:
+        stats.stage_sums_ms[stage] = 10.0 * len(latencies)
+    return stats
+
+
+def _settings(streams: int, policy: str = "ordered", rate: float = 0.0) -> dict[str, object]:
+    return {
+        "streams": streams,
+        "frames": 4,
+        "policy": policy,
+        "rate": rate,
+        "window": 1,
+        "model": "m",
+        "size": 64,
+        "inference_shape": [64, 85],
+        "threads": 0,
+        "max_batch": 1,
+        "outputs": ["label_mask"],
+    }
+
+
+def test_report_ratios_percentiles_and_targets() -> None:
+    served = ServedResult(
+        streams=[_stream([10.0, 20.0, 30.0, 40.0], 4), _stream([50.0, 60.0, 70.0, 80.0], 4)],
+        wall_s=2.0,
+        provider="CPUExecutionProvider",
+        model="m",
+        synthetic=True,
+    )
+    raw = LoopResult(times_ms=[20.0] * 5, total_s=0.1, provider="CPUExecutionProvider")  # 50 fps
+    pipeline = LoopResult(times_ms=[25.0] * 4, total_s=0.8, provider="CPUExecutionProvider")  # 5 fps
+    report = build_report(_settings(2), served, raw, pipeline, 100.0)
+    assert report.keys() >= REQUIRED_KEYS
+    assert report["served_fps"] == 4.0  # 8 frames in 2 s
+    assert report["raw_fps"] == 50.0 and report["pipeline_fps"] == 5.0
+    assert report["ratio_raw"] == pytest.approx(4.0 / 50.0)
+    assert report["ratio_pipeline"] == pytest.approx(4.0 / 5.0)
+    assert report["p50_ms"] == pytest.approx(45.0)
+    assert report["p99_ms"] == pytest.approx(79.3)
+    assert report["pipeline_ms"] == 25.0
+    assert report["overhead_ms"] is None  # only meaningful for one stream
+    assert report["server_stage_ms"]["total"] == pytest.approx(10.0)
+    assert report["targets"] == {"ratio_pipeline": {"value": 0.8, "op": ">=", "limit": 0.97, "met": False}}
+    assert json.loads(to_json(report)) == report
+    assert "served/pipeline 0.800" in render(report)
+
+
+def test_report_overhead_for_one_stream_and_latest_target() -> None:
+    served = ServedResult([_stream([26.0, 26.5, 27.0], 3)], 0.1, "CPUExecutionProvider", "m", True)
+    pipeline = LoopResult([25.0, 25.5, 26.0], 0.0765, "CPUExecutionProvider")
+    raw = LoopResult([20.0], 0.02, "CPUExecutionProvider")
+    one = build_report(_settings(1), served, raw, pipeline, None)
+    assert one["overhead_ms"] == pytest.approx(1.0)  # p50 26.5 - pipeline p50 25.5
+    assert one["targets"]["overhead_ms"]["met"]
+    latest = build_report(
+        _settings(1, "latest", 30.0),
+        ServedResult([_stream([30.0, 40.0, 50.0], 10, dropped=7)], 1.0, "CPU", "m", True),
+        raw,
+        pipeline,
+        None,
+    )
+    assert latest["dropped"] == 7 and latest["unaccounted"] == 0
+    assert latest["latency_x_pipeline"] == pytest.approx(40.0 / 25.5, abs=1e-4)
+    assert not latest["targets"]["latency_x_pipeline"]["met"]
+    assert "ratio_pipeline" not in latest["targets"]
+
+
+def test_report_without_answers_has_no_figures_but_valid_json() -> None:
+    served = ServedResult([_stream([], 3, errors=3)], 0.5, "CPU", "m", True)
+    loop = LoopResult([1.0], 0.001, "CPU")
+    report = build_report(_settings(1), served, loop, loop, None)
+    assert report["served_fps"] == 0.0 and report["p50_ms"] is None and report["errors"] == 3
+    json.loads(to_json(report))
+
+
+class SlowModel(GatedModel):
+    """The fake engine taking a fixed time per batch, so that a fast LATEST sender overtakes it."""
+
+    def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
+        time.sleep(0.02)
+        return super().run(head, frames, output_size)
+
+
+async def test_latest_accounting_answered_plus_dropped_is_sent(tiny_model: Path) -> None:
+    config = ServerConfig(models=(ModelSpec("slow", tiny_model),), host="127.0.0.1", port=0, size=32, warmup=False)
+    server = SegstreamServer(config, models={"slow": SlowModel()})
+    port = await server.start()
+    try:
+        frames = encoded_frames(load_photos())[:2]
+        spec = LoadSpec(streams=2, frames=25, options=StreamOptions(policy="latest"))
+        meter = CpuMeter()
+        streams, wall = await run_load(f"127.0.0.1:{port}", frames, spec)
+        cpu = meter.stop()
+    finally:
+        await server.stop(grace=1.0)
+    assert wall > 0 and cpu.wall_s >= wall
+    for stats in streams:
+        assert stats.sent == 25 and stats.errors == 0
+        assert stats.answered + stats.dropped == stats.sent
+        assert stats.dropped > 0  # 25 frames sent at once to a 20 ms engine
+        assert len(stats.latencies_ms) == stats.answered
+
+
+async def test_rate_paces_the_sends(tiny_model: Path) -> None:
+    config = ServerConfig(models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, warmup=False)
+    server = SegstreamServer(config, models={"gated": GatedModel()})
+    port = await server.start()
+    try:
+        frames = encoded_frames(load_photos())[:1]
+        spec = LoadSpec(streams=1, frames=6, options=StreamOptions(policy="ordered"), window=4, rate=50.0)
+        streams, wall = await run_load(f"127.0.0.1:{port}", frames, spec)
+    finally:
+        await server.stop(grace=1.0)
+    assert streams[0].answered == 6
+    assert wall >= 5 / 50.0  # the sixth frame is due 100 ms after the first
+
+
+def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model", str(tiny_model), "--size", "32", "--threads", "1", "--streams", "2", "--frames", "3"]
+    code = main([*argv, "--iterations", "3", "--warmup", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert report.keys() >= REQUIRED_KEYS
+    assert (report["streams"], report["frames"], report["policy"], report["size"]) == (2, 3, "ordered", 32)
+    assert report["model"] == "tiny" and report["provider"] == "CPUExecutionProvider"
+    assert report["sent"] == report["answered"] == 6 and report["dropped"] == 0
+    assert report["ratio_raw"] == pytest.approx(report["served_fps"] / report["raw_fps"], rel=1e-3)
+    assert report["ratio_pipeline"] == pytest.approx(report["served_fps"] / report["pipeline_fps"], rel=1e-3)
+    assert report["server_peak_rss_mb"] > 0 and report["bench_peak_rss_mb"] > 0
+    assert "served/pipeline" in err
