@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(OPENCV_EXTRA)
 PROTO_DIR := protos
 PROTO_OUT := $(PROTO_DIR)/segstream/v1
 
-.PHONY: help venv proto check lint typecheck proto-check interop-deps test test-fast soak demo clean
+.PHONY: help venv proto check lint typecheck proto-check interop-deps test test-fast soak docs bench-gpu demo clean
 
 help:
 	@echo "make demo   - set up, then segment the bundled clip through a local server (writes demo-out/)"
@@ -17,6 +17,7 @@ help:
 	@echo "make check  - ruff, mypy and the generated-code check only"
 	@echo "make proto  - regenerate the Python code from protos/"
 	@echo "make soak   - a long soak run (8 streams x 20000 frames per frame policy)"
+	@echo "make bench-gpu - on an NVIDIA GPU machine: GPU tests, then CUDA/TensorRT benchmarks"
 
 venv: $(STAMP)
 
@@ -30,16 +31,21 @@ $(STAMP): pyproject.toml
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) \
 		--grpc_python_out=$(PROTO_DIR) $(PROTO_OUT)/segmentation.proto
+	$(BIN)/python scripts/proto_doc.py
+
+# The API reference, docs/api.md, is rendered from the .proto comments.
+docs: $(STAMP)
+	$(BIN)/python scripts/proto_doc.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy server/segstream client/segstream models/segstream tests
+	$(BIN)/mypy server/segstream client/segstream models/segstream tests scripts
 
 proto-check: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_proto_generated.py
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_proto_generated.py tests/unit/test_docs_generated.py
 
 check: lint typecheck proto-check
 
@@ -59,6 +65,11 @@ test-fast: $(STAMP) interop-deps
 soak: $(STAMP)
 	SEGSTREAM_SOAK_FRAMES=20000 $(BIN)/pytest -q -p no:cacheprovider -o timeout=3600 \
 		tests/integration/test_server_process.py -k soak
+
+# On a machine with an NVIDIA GPU: installs the CUDA/TensorRT libraries, runs tests/gpu, then the
+# CUDA and TensorRT benchmarks (results in build/bench-gpu/results.jsonl).
+bench-gpu: $(STAMP)
+	./scripts/bench_gpu.sh
 
 demo: $(STAMP)
 	./scripts/demo.sh

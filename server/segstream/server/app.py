@@ -63,7 +63,8 @@ def worker_count(config: ServerConfig, models: Mapping[str, Model]) -> int:
     # On a CPU one session already uses every core; on a GPU a second worker overlaps the
     # host-side work and copies of one batch with the next batch's kernels.
     on_cpu = all(m.provider == CPU for m in models.values())
-    return 1 if on_cpu else 2
+    # With several sessions per head (providers that serialize runs), one worker per session.
+    return 1 if on_cpu else max(2, config.gpu.sessions_per_head)
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
