@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from segstream.server.config import DEVICES, ConfigError, ModelSpec, ServerConfig, env_default
+from segstream.server.config import DEVICES, ConfigError, ModelSpec, ServerConfig, env_default, env_option
 from segstream.server.engine import EngineError
 from segstream.server.gpu_cli import add_gpu_arguments, gpu_options_from_args
 from segstream.server.logs import configure_logging
@@ -38,18 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the default model (env SEGSTREAM_MODEL: comma-separated list)",
     )
     p.add_argument("--host", default=env_default("host", "[::]"), help="address to listen on (default: [::], all)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=int(env_default("port", "50051")),
-        help="port (default 50051; 0 picks a free one)",
-    )
-    p.add_argument(
+    env_option(p, "--port", "50051", "port (default 50051; 0 picks a free one)", type=int)
+    env_option(
+        p,
         "--size",
+        "520",
+        "short side in pixels frames are resized to before the network (default 520, the model card's; 0: no resize)",
         type=int,
-        default=int(env_default("size", "520")),
-        help="short side in pixels frames are resized to before the network "
-        "(default 520, the model card's; 0: no resize)",
     )
     p.add_argument(
         "--device",
@@ -58,97 +53,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="execution provider: auto uses CUDA only when it really loads, else the CPU; cpu, cuda, tensorrt "
         "insist and fail at startup if unavailable (default auto)",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=int(env_default("workers", "0")),
-        help="inference worker threads (default 0: 1 on CPU, 2 on GPU)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=int(env_default("threads", "0")),
-        help="ONNX Runtime intra-op threads per session (default 0: all cores)",
-    )
-    p.add_argument(
-        "--max-batch",
-        type=int,
-        default=int(env_default("max-batch", "1")),
-        help="largest batch of same-shape frames across streams (default 1)",
-    )
-    p.add_argument(
-        "--max-delay-ms",
-        type=float,
-        default=float(env_default("max-delay-ms", "2")),
-        help="longest wait for batch-mates in ms (default 2)",
-    )
-    p.add_argument(
+    env_option(p, "--workers", "0", "inference worker threads (default 0: 1 on CPU, 2 on GPU)", type=int)
+    env_option(p, "--threads", "0", "ONNX Runtime intra-op threads per session (default 0: all cores)", type=int)
+    env_option(p, "--max-batch", "1", "largest batch of same-shape frames across streams (default 1)", type=int)
+    env_option(p, "--max-delay-ms", "2", "longest wait for batch-mates in ms (default 2)", type=float)
+    env_option(
+        p,
         "--inflight",
+        "4",
+        "frames of one ORDERED stream in flight before the server stops reading (default 4)",
         type=int,
-        default=int(env_default("inflight", "4")),
-        help="frames of one ORDERED stream in flight before the server stops reading (default 4)",
     )
-    p.add_argument(
-        "--max-streams",
-        type=int,
-        default=int(env_default("max-streams", "64")),
-        help="concurrent streams; more get RESOURCE_EXHAUSTED (default 64)",
-    )
-    p.add_argument(
-        "--max-frame-pixels",
-        type=int,
-        default=int(env_default("max-frame-pixels", str(7680 * 4320))),
-        help="largest frame in pixels (default 33177600, 8K)",
-    )
-    p.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=int(env_default("max-message-bytes", str(64 << 20))),
-        help="largest gRPC message in bytes (default 64 MiB)",
-    )
-    p.add_argument(
+    env_option(p, "--max-streams", "64", "concurrent streams; more get RESOURCE_EXHAUSTED (default 64)", type=int)
+    env_option(p, "--max-frame-pixels", str(7680 * 4320), "largest frame in pixels (default 33177600, 8K)", type=int)
+    env_option(p, "--max-message-bytes", str(64 << 20), "largest gRPC message in bytes (default 64 MiB)", type=int)
+    env_option(
+        p,
         "--idle-timeout",
+        "300",
+        "close a stream that sends nothing for this many seconds (default 300; 0: never)",
         type=float,
-        default=float(env_default("idle-timeout", "300")),
-        help="close a stream that sends nothing for this many seconds (default 300; 0: never)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--keepalive-time",
+        "30",
+        "seconds between HTTP/2 keepalive pings on idle connections (default 30)",
         type=float,
-        default=float(env_default("keepalive-time", "30")),
-        help="seconds between HTTP/2 keepalive pings on idle connections (default 30)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--keepalive-timeout",
+        "10",
+        "seconds to wait for a keepalive ping's answer before closing the connection (default 10)",
         type=float,
-        default=float(env_default("keepalive-timeout", "10")),
-        help="seconds to wait for a keepalive ping's answer before closing the connection (default 10)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--max-connection-age",
-        type=float,
-        default=float(env_default("max-connection-age", "0")),
-        help="ask connections older than this many seconds to reconnect, so long streams spread over "
+        "0",
+        "ask connections older than this many seconds to reconnect, so long streams spread over "
         "replicas (default 0: never)",
-    )
-    p.add_argument(
-        "--max-connection-age-grace",
         type=float,
-        default=float(env_default("max-connection-age-grace", "30")),
-        help="seconds an aged connection's open streams get to finish (default 30)",
     )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(env_default("metrics-port", "0")),
-        help="serve Prometheus metrics on this port at /metrics (default 0: off)",
+    env_option(
+        p,
+        "--max-connection-age-grace",
+        "30",
+        "seconds an aged connection's open streams get to finish (default 30)",
+        type=float,
     )
-    p.add_argument(
+    env_option(p, "--metrics-port", "0", "serve Prometheus metrics on this port at /metrics (default 0: off)", type=int)
+    env_option(
+        p,
         "--max-engine-failures",
-        type=int,
-        default=int(env_default("max-engine-failures", "10")),
-        help="consecutive frames lost to inference failures before health turns NOT_SERVING so an "
+        "10",
+        "consecutive frames lost to inference failures before health turns NOT_SERVING so an "
         "orchestrator restarts the server (default 10; 0: never)",
+        type=int,
     )
     p.add_argument(
         "--log-format",
@@ -187,12 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="require 'authorization: Bearer <token>' on every call, server reflection included; FILE holds the "
         "accepted tokens, one per line (blank lines and # comments ignored); grpc.health.v1 health checks stay open",
     )
-    p.add_argument(
-        "--grace",
-        type=float,
-        default=float(env_default("grace", "5")),
-        help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default 5)",
-    )
+    env_option(p, "--grace", "5", "seconds in-flight calls get to finish on SIGTERM/SIGINT (default 5)", type=float)
     p.add_argument(
         "--log-level",
         default=env_default("log-level", "INFO"),

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from segstream.client.codec import DEFAULT_MAX_PIXELS
 from segstream.server.gpu_options import GpuOptions
@@ -147,3 +147,12 @@ def env_default(name: str, default: str, environ: Mapping[str, str] | None = Non
     """The SEGSTREAM_<NAME> environment value, else the default (read only by the CLI)."""
     env = os.environ if environ is None else environ
     return env.get(f"SEGSTREAM_{name.upper().replace('-', '_')}", default)
+
+
+def env_option(parser: Any, flag: str, default: str, help: str, **kwargs: Any) -> None:
+    """Adds `flag` to an argparse parser or group with its default from SEGSTREAM_<FLAG>.
+
+    The default stays a string: argparse converts string defaults with the option's `type`, so a
+    bad environment value fails like a bad flag, in one line.
+    """
+    parser.add_argument(flag, default=env_default(flag.lstrip("-"), default), help=help, **kwargs)
