@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy server/segstream client/segstream models/segstream tests scripts
+	$(BIN)/mypy server/segstream client/segstream models/segstream tests scripts examples
 
 proto-check: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_proto_generated.py tests/unit/test_docs_generated.py

@@ -7,6 +7,9 @@ Example:
     ...     for result in client.stream(frames, StreamOptions(outputs=("label_mask",))):
     ...         print(result.frame_id, result.latency_ms)
 
+`stream(..., reconnect=Reconnect())` carries a stream over server drains and restarts; `CameraSource`
+reads a camera, stream URL or video file and reopens it when it drops.
+
 `segstream.client.codec` and `segstream.client.palette` hold the wire<->numpy conversions and mask
 rendering; the exception hierarchy is documented in `SegstreamError`'s module, summarised here:
 SegstreamError > ServerUnavailableError (> ServerNotReadyError), DeadlineExceededError,
@@ -28,13 +31,16 @@ from segstream.client._errors import (
 )
 from segstream.client._frames import FrameInput, FrameLike
 from segstream.client._options import StreamOptions
+from segstream.client._reconnect import Reconnect
 from segstream.client._results import FrameError, ModelInfo, SegmentResult, StageTimings
+from segstream.client._sources import CameraSource, VideoSourceError
 from segstream.client._sync_client import SegmentationClient
 from segstream.client.codec import InvalidFrameError
 
 __all__ = [
     "AsyncSegmentationClient",
     "AuthenticationError",
+    "CameraSource",
     "DeadlineExceededError",
     "FrameError",
     "FrameInput",
@@ -42,6 +48,7 @@ __all__ = [
     "InvalidFrameError",
     "InvalidRequestError",
     "ModelInfo",
+    "Reconnect",
     "ResourceExhaustedError",
     "SegmentResult",
     "SegmentationClient",
@@ -51,4 +58,5 @@ __all__ = [
     "ServerUnavailableError",
     "StageTimings",
     "StreamOptions",
+    "VideoSourceError",
 ]

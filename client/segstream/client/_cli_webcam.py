@@ -6,22 +6,21 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import cv2
 
 from segstream.client._cli_security import security_kwargs
 from segstream.client._cli_support import (
     PROG,
-    FrameReader,
     LatencyStats,
     RateMeter,
     choose_model,
-    open_capture,
     rgb_to_bgr,
     summary,
 )
 from segstream.client._options import OutputName, StreamOptions
+from segstream.client._reconnect import Reconnect
+from segstream.client._sources import DEFAULT_REOPEN, CameraSource
 from segstream.client._sync_client import SegmentationClient
 
 WINDOW = "segstream"
@@ -43,21 +42,12 @@ def display_problem() -> str | None:
     return None
 
 
-def _open(device: str) -> tuple[cv2.VideoCapture, float | None]:
-    """The capture, and the rate to read it at when it is a file standing in for a camera."""
-    if device.isdigit():
-        return open_capture(int(device), "camera"), None
-    capture = open_capture(device, "video source")
-    if not Path(device).is_file():
-        return capture, None  # a stream URL delivers frames at its own pace
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    return capture, fps if 0 < fps < 1000 else 30.0
-
-
 def run_webcam(args: argparse.Namespace) -> int:
     # Opened first, so a missing camera is one error line, before any display notice.
-    capture, pace = _open(args.device)
-    reader = FrameReader(capture, args.max_frames, pace_fps=pace)
+    reopen = Reconnect(
+        initial=DEFAULT_REOPEN.initial, max_delay=DEFAULT_REOPEN.max_delay, max_attempts=args.reopen_attempts
+    )
+    reader = CameraSource(args.device, max_frames=args.max_frames, loop=args.loop, reopen=reopen)
     show = False
     if not args.no_display:
         problem = display_problem()
@@ -73,7 +63,9 @@ def run_webcam(args: argparse.Namespace) -> int:
     try:
         choose_model(client, args.model)
         printed = time.monotonic()
-        for result in client.stream(reader, options):
+        # A server that drains or restarts is left for another one, or waited for, with backoff.
+        reconnect = Reconnect() if args.reconnect else None
+        for result in client.stream(reader, options, reconnect=reconnect):
             for stats in (latency, recent):
                 stats.add(result.latency_ms)
             rate.tick()
@@ -99,6 +91,7 @@ def run_webcam(args: argparse.Namespace) -> int:
         client.close()
         if show:
             cv2.destroyAllWindows()
-    tail = [f"{reader.count} read", f"{dropped} dropped by the server"]
+    # Dropped: stale frames the server skipped, and frames lost when the stream reconnected.
+    tail = [f"{reader.count} read", f"{dropped} dropped"]
     print(summary(rate.total, failed, rate.rate(), latency, tail), flush=True)
     return 0

@@ -19,19 +19,26 @@ before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
+_T = TypeVar("_T")
+
 
 class SegstreamError(Exception):
-    """A call to the segstream server failed; `code` is the gRPC status when the server sent one."""
+    """A call to the segstream server failed; `code` is the gRPC status when the server sent one.
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    `reason` is the status and the server's words alone, without the advice the message adds.
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.reason = message if reason is None else reason
 
 
 class ServerUnavailableError(SegstreamError):
@@ -99,6 +106,43 @@ def status_was_lost(error: BaseException) -> bool:
     return isinstance(cause, grpc.aio.AioRpcError) and _lost_status(cause, cause.code(), cause.details() or "")
 
 
+def _value_now(awaitable: Coroutine[Any, Any, _T]) -> _T | None:
+    # Runs a coroutine that has nothing to wait for to its end, synchronously; None if it would wait.
+    try:
+        awaitable.send(None)
+    except StopIteration as stop:
+        value: _T = stop.value
+        return value
+    awaitable.close()
+    return None
+
+
+class StatusWitness:
+    """Records the first status a grpc.aio call ends with, as it arrives: `call.add_done_callback(witness)`.
+
+    When grpc.aio later replaces that status (see `status_was_lost`), `recovered()` still has it.
+    A done callback runs right after the status is set, so reading it then never has to wait.
+    """
+
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    def __call__(self, call: grpc.aio.Call) -> None:
+        self.code = _value_now(call.code())
+        self.details = _value_now(call.details()) or ""
+
+    def recovered(self, error: BaseException, target: str) -> SegstreamError | None:
+        """The error for the status the server really sent, when `error` is one whose status grpc.aio lost."""
+        cause = error.__cause__
+        if self.code is None or not status_was_lost(error) or not isinstance(cause, grpc.aio.AioRpcError):
+            return None
+        if self.code is grpc.StatusCode.INTERNAL and self.details == cause.details():
+            return None  # no earlier status: this one is all there is
+        metadata = grpc.aio.Metadata()
+        return error_from_rpc(grpc.aio.AioRpcError(self.code, metadata, metadata, self.details, None), target)
+
+
 def _tls_hint(details: str) -> str | None:
     # A failed handshake, or a server closing a fresh connection (a plaintext client meeting a TLS port,
     # a missing client certificate), is a matter of TLS settings rather than of a server being down.
@@ -131,6 +175,8 @@ def error_from_rpc(exc: grpc.RpcError, target: str) -> SegstreamError:
     hint = _HINT_BY_CODE.get(code)
     if code is grpc.StatusCode.UNAVAILABLE and (tls_hint := _tls_hint(details)):
         hint = tls_hint
+    elif code is grpc.StatusCode.UNAVAILABLE and "shutting down" in details:
+        hint = "stream(..., reconnect=Reconnect()) carries a stream over to another server or a restart"
     if _lost_status(exc, code, details):
         hint = (
             "the server ended the stream while frames were still being sent and grpc.aio lost its status "
@@ -139,7 +185,7 @@ def error_from_rpc(exc: grpc.RpcError, target: str) -> SegstreamError:
         )
     if hint is not None:
         message += f" ({hint})"
-    return cls(message, code)
+    return cls(message, code, reason=f"{code.name}: {details or 'no details'}")
 
 
 @contextmanager

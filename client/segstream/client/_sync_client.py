@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import replace
 from types import TracebackType
 
 import grpc
@@ -25,38 +26,100 @@ from segstream.client._channel import (
     segmentation_stub,
 )
 from segstream.client._errors import DeadlineExceededError, ServerUnavailableError, translating_rpc_errors
-from segstream.client._frames import FrameEncoder, FrameLike, SendLog, check_wire_settings
+from segstream.client._frames import FrameEncoder, FrameLike, check_wire_settings
 from segstream.client._options import DEFAULT_OPTIONS, StreamOptions
+from segstream.client._reconnect import Backoff, Reconnect, StreamLedger, log_reconnect
 from segstream.client._results import ModelInfo, SegmentResult
 from segstream.client._security import PemSource, auth_metadata, channel_security
 from segstream.client.codec import PixelFormatName, WireEncoding
 from segstream.v1 import segmentation_pb2 as pb
 
 
-class _Window:
-    """Frames that may be sent before earlier ones are answered; None means unbounded."""
+class _Feed:
+    """The frame source of one stream() call, shared by the connections it opens. Thread-safe.
 
-    def __init__(self, size: int | None) -> None:
-        self._free = size
-        self._closed = False
+    gRPC reads each connection's requests on a thread of its own, and a broken connection's thread
+    may still be inside the source (a camera read) when the next connection starts; a frame read for
+    a connection that is gone is handed to the ledger instead of being lost.
+    """
+
+    def __init__(self, frames: Iterable[FrameLike], encoder: FrameEncoder, ledger: StreamLedger) -> None:
+        self._iterator = iter(frames)
+        self._encoder = encoder
+        self.ledger = ledger
         self._cond = threading.Condition()
+        self._read_lock = threading.Lock()
+        self._closed = False
+        self.failure: Exception | None = None
 
-    def acquire(self) -> bool:
-        """Wait for a free slot; False once the stream is over."""
+    def connect(self, config: pb.SegmentRequest) -> Iterator[pb.SegmentRequest]:
+        """The requests of a new connection: the config, frames owed from broken ones, then new frames."""
         with self._cond:
-            while not self._closed and self._free is not None and self._free <= 0:
-                self._cond.wait()
-            if self._closed:
-                return False
-            if self._free is not None:
-                self._free -= 1
-            return True
+            connection = self.ledger.begin()
+            self._cond.notify_all()
+        return self._requests(config, connection)
 
-    def release(self) -> None:
+    def _requests(self, config: pb.SegmentRequest, connection: int) -> Iterator[pb.SegmentRequest]:
+        yield config
+        while (request := self._next(connection)) is not None:
+            yield request
+
+    def _next(self, connection: int) -> pb.SegmentRequest | None:
+        ledger = self.ledger
+        while True:
+            with self._cond:
+                # A slot first, then the frame: a camera frame is read when it can be sent, not before.
+                while True:
+                    if self._closed or ledger.connection != connection:
+                        return None
+                    if ledger.unsent:
+                        return ledger.take_unsent()
+                    if ledger.source_done:
+                        return None
+                    if ledger.room():
+                        break
+                    self._cond.wait()
+                ledger.reading += 1
+            with self._read_lock:
+                with self._cond:
+                    # An earlier connection's reader may have handed back a frame while this one waited.
+                    busy = bool(ledger.unsent) or ledger.source_done or ledger.connection != connection
+                    if busy:
+                        ledger.reading -= 1
+                if busy:
+                    continue
+                try:
+                    item = next(self._iterator, None)
+                    request = None if item is None else self._encoder.request(item)
+                except Exception as exc:
+                    # Raised on a gRPC thread, where it would only be logged: hand it to stream()'s caller.
+                    self.failure, request = exc, None
+            with self._cond:
+                ledger.reading -= 1
+                if request is None:  # frames are never None, so it marks the end
+                    ledger.source_done = True
+                    self._cond.notify_all()
+                    return None
+                if self._closed or ledger.connection != connection:
+                    ledger.keep(request)
+                    self._cond.notify_all()
+                    return None
+                ledger.sent(request, first_time=True)
+                return request
+
+    def answered(self, resp: pb.SegmentResponse) -> SegmentResult:
         with self._cond:
-            if self._free is not None:
-                self._free += 1
-                self._cond.notify()
+            sent_at, dropped_before = self.ledger.answered(resp.frame_id)
+            self._cond.notify_all()
+        result = SegmentResult.from_proto(resp, sent_at)
+        return replace(result, dropped_frames=result.dropped_frames + dropped_before) if dropped_before else result
+
+    def broke(self) -> tuple[bool, str]:
+        """The connection ended early: whether anything is still owed, and what became of its frames."""
+        with self._cond:
+            count = self.ledger.broke()
+            self._cond.notify_all()
+            return not self.ledger.settled, self.ledger.describe_break(count)
 
     def close(self) -> None:
         with self._cond:
@@ -145,7 +208,11 @@ class SegmentationClient:
         return FrameEncoder(*self._wire)
 
     def stream(
-        self, frames: Iterable[FrameLike], options: StreamOptions = DEFAULT_OPTIONS
+        self,
+        frames: Iterable[FrameLike],
+        options: StreamOptions = DEFAULT_OPTIONS,
+        *,
+        reconnect: Reconnect | None = None,
     ) -> Generator[SegmentResult, None, None]:
         """Segment a sequence of frames; yields one result per answered frame, in send order.
 
@@ -154,46 +221,48 @@ class SegmentationClient:
         frames, so frames are sent as they come. Leaving the loop early cancels the stream. An
         exception raised by `frames` (or a frame that is not a uint8 image) stops sending and is
         re-raised here once the results of the frames already sent have been yielded.
-        """
-        log = SendLog()
-        window = _Window(self._max_in_flight if options.policy == "ordered" else None)
-        failure: list[Exception] = []
-        requests = self._requests(frames, options, log, window, failure)
-        call = self._stub.Segment(requests, wait_for_ready=self._wait_for_ready, metadata=self._metadata)
-        try:
-            with translating_rpc_errors(self.target):
-                for resp in call:
-                    window.release()
-                    yield SegmentResult.from_proto(resp, log.answered(resp.frame_id))
-        finally:
-            window.close()
-            call.cancel()
-        if failure:
-            raise failure[0]
 
-    def _requests(
-        self,
-        frames: Iterable[FrameLike],
-        options: StreamOptions,
-        log: SendLog,
-        window: _Window,
-        failure: list[Exception],
-    ) -> Iterator[pb.SegmentRequest]:
-        yield pb.SegmentRequest(config=options.to_proto())
-        encoder = self._encoder()
-        iterator = iter(frames)
+        With `reconnect`, a stream that ends with UNAVAILABLE (the server drains, restarts or is
+        gone; also a first connection that fails) is opened again on the same channel after the
+        policy's backoff (round-robin may pick another server), the config is sent again and the
+        same `frames` are read on. Under "ordered" the frames the broken stream left unanswered are
+        sent again first, so every frame is answered exactly once and in order; under "latest" they
+        are dropped, and `SegmentResult.dropped_frames` counts them with the server's drops.
+        ServerUnavailableError is raised once `max_attempts` reconnections in a row got no result;
+        every other error is raised at once, as without `reconnect`.
+        """
+        ledger = StreamLedger(options.policy == "ordered", self._max_in_flight)
+        feed = _Feed(frames, self._encoder(), ledger)
+        backoff = None if reconnect is None else Backoff(reconnect)
+        config = pb.SegmentRequest(config=options.to_proto())
         try:
-            # A slot first, then the frame: a camera frame is read when it can be sent, not before.
-            while window.acquire():
-                item = next(iterator, None)
-                if item is None:  # frames are never None, so it marks the end
-                    return
-                request = encoder.request(item)
-                log.sent(request.frame.frame_id)
-                yield request
-        except Exception as exc:
-            # Raised on a gRPC thread, where it would only be logged: hand it to stream()'s caller.
-            failure.append(exc)
+            while True:
+                call = self._stub.Segment(
+                    feed.connect(config), wait_for_ready=self._wait_for_ready, metadata=self._metadata
+                )
+                try:
+                    with translating_rpc_errors(self.target):
+                        for resp in call:
+                            if backoff is not None:
+                                backoff.reset()
+                            yield feed.answered(resp)
+                    break
+                except ServerUnavailableError as exc:
+                    if backoff is None:
+                        raise
+                    owed, frames_note = feed.broke()
+                    if not owed:
+                        break  # every frame was answered before the stream ended
+                    if (delay := backoff.next_delay()) is None:
+                        raise
+                    log_reconnect(self.target, exc, backoff, delay, frames_note)
+                    time.sleep(delay)
+                finally:
+                    call.cancel()
+        finally:
+            feed.close()
+        if feed.failure is not None:
+            raise feed.failure
 
     def segment(
         self,

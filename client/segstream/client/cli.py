@@ -21,6 +21,7 @@ from segstream.client._cli_support import PROG, CliError, choose_model
 from segstream.client._cli_video import run_image, run_video
 from segstream.client._cli_webcam import run_webcam
 from segstream.client._errors import SegstreamError
+from segstream.client._sources import DEFAULT_REOPEN
 from segstream.client._sync_client import SegmentationClient
 
 _DEFAULT_TIMEOUT_S = 10.0
@@ -85,9 +86,26 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--device",
         default="0",
         metavar="0|URL|FILE",
-        help="camera index, stream URL or video file (default 0)",
+        help="camera index or device path (/dev/video0), stream URL (rtsp://, http(s)://) or video file"
+        " (default 0); a file is read at its own frame rate, like a camera",
     )
     webcam.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after reading N frames")
+    webcam.add_argument("--loop", action="store_true", help="start a video file again at its end (files only)")
+    webcam.add_argument(
+        "--reconnect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when the server drains, restarts or cannot be reached, reconnect with backoff (0.1 s doubling"
+        " to 5 s) and go on; --no-reconnect ends with an error instead (default: reconnect)",
+    )
+    webcam.add_argument(
+        "--reopen-attempts",
+        type=_positive_int,
+        default=DEFAULT_REOPEN.max_attempts,
+        metavar="N",
+        help="attempts in a row to reopen a camera or stream that stopped delivering frames, 0.5 s to 5 s"
+        f" apart, before giving up (default {DEFAULT_REOPEN.max_attempts})",
+    )
     webcam.add_argument("--no-display", action="store_true", help="print statistics only, open no window")
     webcam.add_argument(
         "--wire",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypedDict, TypeVar, overload
+from typing import Any, Final, Generic, Literal, TypedDict, TypeVar, cast, overload
 
 import cv2
 import numpy as np
@@ -60,8 +60,8 @@ _WIRE_FORMAT: dict[str, pb.PixelFormat] = {
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 
-MASK_ENCODING = "mono8"
-COLOR_ENCODING = "rgb8"
+MASK_ENCODING: Final = "mono8"
+COLOR_ENCODING: Final = "rgb8"
 
 
 class UnsupportedImageError(ValueError):
@@ -97,9 +97,9 @@ def ns_to_stamp(ns: int) -> Time:
 def _buffer(data: object) -> U8Array:
     # rclpy hands uint8[] fields over as array.array('B'); stand-ins carry bytes; both are buffers.
     try:
-        return np.frombuffer(data, np.uint8)  # type: ignore[call-overload]
+        return np.frombuffer(cast(bytes, data), np.uint8)
     except TypeError:
-        return np.frombuffer(bytes(data), np.uint8)  # type: ignore[call-overload]
+        return np.frombuffer(bytes(cast(list[int], data)), np.uint8)
 
 
 def _channels(encoding: str) -> int:
@@ -198,9 +198,9 @@ def frame_input_from_message(
 ) -> FrameInput:
     """`frame_input_from_image` or `frame_input_from_compressed`, by the message's fields."""
     if hasattr(msg, "encoding"):
-        return frame_input_from_image(msg, frame_id, pixel_format)  # type: ignore[arg-type]
+        return frame_input_from_image(cast(ImageLike, msg), frame_id, pixel_format)
     if hasattr(msg, "format"):
-        return frame_input_from_compressed(msg, frame_id, pixel_format)  # type: ignore[arg-type]
+        return frame_input_from_compressed(msg, frame_id, pixel_format)
     raise UnsupportedImageError(
         f"{type(msg).__name__} is neither a sensor_msgs/Image (no 'encoding') nor a CompressedImage (no 'format')"
     )
@@ -368,4 +368,3 @@ class HeaderTable(Generic[_H]):
 
     def __contains__(self, frame_id: object) -> bool:
         return frame_id in self._headers
-

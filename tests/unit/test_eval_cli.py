@@ -1,0 +1,199 @@
+"""segstream-eval end to end: in-process engine and real servers on the hand-computed dataset, the
+synthetic model's warning, and command-line errors.
+
+The "oracle" model reads each pixel's class from its red channel (red = 10 x class), so the real
+engine (resize, normalisation, serving graph, argmax) predicts exactly what test_eval_protocols'
+fake predictor does, and the command must print exactly the hand-computed figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from segstream.evaluation.cli import main
+from segstream.server.config import ModelSpec
+from segstream.server.preprocess import MEAN, STD
+from tests.conftest import ServerFactory
+from tests.unit.test_eval_protocols import (
+    EXPECTED_MATRIX,
+    EXPECTED_MEAN_IOU_PRESENT,
+    EXPECTED_PIXEL_ACCURACY,
+    EXPECTED_ZOO,
+    EXPECTED_ZOO_MEAN_IOU,
+    EXPECTED_ZOO_PIXEL_ACCURACY,
+    build_dataset,
+)
+
+
+def build_oracle(path: Path) -> Path:
+    """out[c] = -(x_red - centre_c)^2 with centre_c the normalised red value 10 * c: argmax = red // 10."""
+    centres = ((10.0 * np.arange(21) / 255.0 - MEAN[0]) / STD[0]).astype(np.float32).reshape(1, 21, 1, 1)
+    red = np.array([1, 0, 0], np.float32).reshape(1, 3, 1, 1)
+    nodes = [
+        helper.make_node("Conv", ["input", "red_weight"], ["red"]),
+        helper.make_node("Sub", ["red", "centres"], ["offset"]),
+        helper.make_node("Mul", ["offset", "offset"], ["square"]),
+        helper.make_node("Neg", ["square"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "oracle",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 21, "height", "width"])],
+        [numpy_helper.from_array(red, "red_weight"), numpy_helper.from_array(centres, "centres")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> tuple[Path, Path]:
+    return build_dataset(tmp_path)
+
+
+@pytest.fixture
+def oracle(tmp_path: Path) -> Path:
+    return build_oracle(tmp_path / "oracle.onnx")
+
+
+def _args(data: tuple[Path, Path], *extra: str) -> list[str]:
+    return ["--images", str(data[0]), "--annotations", str(data[1]), "--no-progress", "--json", *extra]
+
+
+def _check_exact(report: dict[str, Any]) -> None:
+    torchvision, zoo = report["torchvision"], report["zoo"]
+    matrix = np.array(torchvision["confusion_matrix"])
+    assert {(int(r), int(c)): int(matrix[r, c]) for r, c in zip(*np.nonzero(matrix), strict=True)} == EXPECTED_MATRIX
+    assert torchvision["images"] == 4
+    assert torchvision["mean_iou"] is None  # torchvision's nan: most classes never occur
+    assert torchvision["mean_iou_present_classes"] == float(EXPECTED_MEAN_IOU_PRESENT)
+    assert torchvision["pixel_accuracy"] == float(EXPECTED_PIXEL_ACCURACY)
+    person = torchvision["classes"][15]
+    assert (person["name"], person["iou"], person["accuracy"]) == ("person", 10 / 16, 10 / 13)
+    assert (zoo["images"], zoo["skipped_images"]) == (2, 2)
+    assert zoo["mean_iou"] == float(EXPECTED_ZOO_MEAN_IOU)
+    assert zoo["pixel_accuracy"] == float(EXPECTED_ZOO_PIXEL_ACCURACY)
+    per_image = [(s["image_id"], s["intersection"], s["union"]) for s in zoo["per_image"]]
+    assert per_image == [(i, inter, union) for i, inter, union, _, _ in EXPECTED_ZOO]
+    assert [s["iou"] for s in zoo["per_image"]] == [float(Fraction(i, u)) for _, i, u, _, _ in EXPECTED_ZOO]
+
+
+def test_in_process_engine_reproduces_the_hand_computed_figures(
+    data: tuple[Path, Path], oracle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_args(data, "--model", str(oracle), "--size", "4", "--threads", "1")) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    _check_exact(report)
+    assert report["synthetic"] is False and report["warnings"] == []
+    assert report["model"]["source"] == "in-process engine"
+    assert "SYNTHETIC" not in captured.err
+
+
+def test_text_output_has_the_summary_and_a_per_class_table(
+    data: tuple[Path, Path], oracle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a for a in _args(data, "--model", str(oracle), "--size", "4") if a != "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"pixel accuracy    {100 * float(EXPECTED_PIXEL_ACCURACY):.2f}" in out
+    assert f"mean IoU, present {100 * float(EXPECTED_MEAN_IOU_PRESENT):.2f} (over the other 5 classes)" in out
+    assert f"mean IoU          {100 * float(EXPECTED_ZOO_MEAN_IOU):.2f}" in out
+    assert "images            2 (2 without a VOC instance skipped)" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ") and line.split()}
+    assert rows["person"] == ["62.50", "76.92", "13", "13"]
+    assert rows["cat"] == ["76.92", "83.33", "12", "11"]
+    assert rows["aeroplane"] == ["nan", "nan", "0", "0"]
+
+
+def test_limit_takes_the_first_images_by_id(
+    data: tuple[Path, Path], oracle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_args(data, "--model", str(oracle), "--size", "4", "--limit", "2")) == 0
+    report = json.loads(capsys.readouterr().out)
+    # Images 3 and 4 (all background: 14 + 16 true negatives, 2 false persons) are left out.
+    matrix = np.array(report["torchvision"]["confusion_matrix"])
+    assert (matrix[0, 0], matrix[0, 15], int(matrix.sum())) == (38 - 30, 1, 79 - 32)
+    assert (report["zoo"]["images"], report["zoo"]["skipped_images"]) == (2, 0)
+    assert report["zoo"]["mean_iou"] == float(EXPECTED_ZOO_MEAN_IOU)
+
+
+async def test_servers_reproduce_the_hand_computed_figures(
+    data: tuple[Path, Path], oracle: Path, server_factory: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = (ModelSpec("oracle", oracle),)
+    async with server_factory(models, size=4) as resized, server_factory(models, size=0) as native:
+        args = _args(data, "--server", f"127.0.0.1:{resized.port}", "--zoo-server", f"127.0.0.1:{native.port}")
+        assert await asyncio.to_thread(main, [*args, "--size", "4", "--timeout", "20"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        _check_exact(report)
+        assert report["warnings"] == []
+        assert report["model"]["source"] == f"server 127.0.0.1:{resized.port}"
+
+        # One server at --size 4 for both protocols: protocol 2 is then not the notebook's, and it says so.
+        args = _args(data, "--server", f"127.0.0.1:{resized.port}", "--protocol", "zoo", "--size", "4")
+        assert await asyncio.to_thread(main, args) == 0
+        captured = capsys.readouterr()
+        assert "start a server with --size 0" in captured.err
+        assert "torchvision" not in json.loads(captured.out)
+
+        args = _args(data, "--server", f"127.0.0.1:{native.port}", "--protocol", "torchvision")
+        assert await asyncio.to_thread(main, args) == 0
+        captured = capsys.readouterr()
+        assert "not --size 520" in captured.err
+        assert json.loads(captured.out)["torchvision"]["size"] == 0
+
+
+def test_synthetic_model_runs_and_says_its_figures_are_meaningless(
+    data: tuple[Path, Path], tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a for a in _args(data, "--model", str(tiny_model), "--size", "16") if a != "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "SYNTHETIC" in captured.err and "meaningless" in captured.err
+    assert "SYNTHETIC WEIGHTS" in captured.out
+    assert "Protocol 1, torchvision" in captured.out and "Protocol 2, ONNX model zoo" in captured.out
+    assert "tvmonitor" in captured.out  # the per-class table's last row
+
+
+def test_errors_are_one_line_with_what_to_fix(
+    data: tuple[Path, Path], oracle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_args((data[0], tmp_path / "missing.json"), "--model", str(oracle))) == 2
+    assert "missing.json: cannot read it" in capsys.readouterr().err
+    assert main(_args((tmp_path, data[1]), "--model", str(oracle))) == 2
+    assert "a.png does not exist" in capsys.readouterr().err
+    assert main(_args(data, "--model", str(tmp_path / "none.onnx"))) == 1
+    assert "none.onnx" in capsys.readouterr().err
+    assert main(_args(data, "--model", str(oracle), "--head", "aux")) == 1
+    assert "heads ['aux']" in capsys.readouterr().err
+    assert main(_args(data, "--model", str(oracle), "--zoo-server", "127.0.0.1:1")) == 2
+    assert "go with --server" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--images", str(data[0]), "--annotations", str(data[1])])
+    assert exit_info.value.code == 2
+    assert "one of the arguments --model --server is required" in capsys.readouterr().err
+
+
+async def test_a_frame_the_server_refuses_stops_the_run(
+    data: tuple[Path, Path], oracle: Path, server_factory: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Image 2 (8x12 = 96 pixels) is over this server's limit; a figure without it would be wrong.
+    async with server_factory((ModelSpec("oracle", oracle),), size=4, max_frame_pixels=40) as server:
+        args = _args(data, "--server", f"127.0.0.1:{server.port}", "--size", "4", "--protocol", "torchvision")
+        assert await asyncio.to_thread(main, args) == 1
+    captured = capsys.readouterr()
+    assert "could not segment image #1" in captured.err and "40 pixels" in captured.err
+    assert captured.out == ""
