@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 
 import cv2
 
@@ -44,9 +45,7 @@ def display_problem() -> str | None:
 
 def run_webcam(args: argparse.Namespace) -> int:
     # Opened first, so a missing camera is one error line, before any display notice.
-    reopen = Reconnect(
-        initial=DEFAULT_REOPEN.initial, max_delay=DEFAULT_REOPEN.max_delay, max_attempts=args.reopen_attempts
-    )
+    reopen = replace(DEFAULT_REOPEN, max_attempts=args.reopen_attempts)
     reader = CameraSource(args.device, max_frames=args.max_frames, loop=args.loop, reopen=reopen)
     show = False
     if not args.no_display:

@@ -129,8 +129,12 @@ class StatusWitness:
         self.details = ""
 
     def __call__(self, call: grpc.aio.Call) -> None:
-        self.code = _value_now(call.code())
-        self.details = _value_now(call.details()) or ""
+        # Runs inside grpc.aio's own bookkeeping: it must never raise.
+        try:
+            self.code = _value_now(call.code())
+            self.details = _value_now(call.details()) or ""
+        except Exception:
+            self.code = None
 
     def recovered(self, error: BaseException, target: str) -> SegstreamError | None:
         """The error for the status the server really sent, when `error` is one whose status grpc.aio lost."""

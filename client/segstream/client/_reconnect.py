@@ -155,8 +155,8 @@ class StreamLedger:
         return self.times.answered(frame_id), self.dropped_before
 
     def broke(self) -> int:
-        """The current connection ended early; returns how many of its frames are sent again ("ordered")
-        or were dropped ("latest")."""
+        """The current connection ended early; returns how many frames it left owed ("ordered", sent
+        again first on the next connection) or lost ("latest", counted as dropped)."""
         self.connection += 1
         unanswered = self._sent_here - self._answered_here
         self._sent_here = self._answered_here = 0

@@ -70,7 +70,8 @@ class SegmentResult:
         confidence: Mean per-pixel maximum logit ("confidence").
         class_share: float32 fraction of pixels per class index ("class_share").
         timings: Server-side stage timings.
-        dropped_frames: Frames of this stream the server has dropped so far (policy "latest").
+        dropped_frames: Frames of this stream dropped so far (policy "latest"): by the server, and,
+            when `stream(..., reconnect=...)` reconnected, every frame a broken stream left unanswered.
         model: The model that produced the result.
         inference_size: (width, height) the network ran at.
         error: Why this frame failed, or None.
