@@ -5,29 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2_grpc
 
 from segstream.client._channel import (
-    DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_TARGET,
     HEALTH_REQUEST,
     ChannelOption,
     ReadyWait,
     as_frame_input,
-    channel_options,
-    channel_target,
-    check_max_in_flight,
     image_request,
-    segmentation_stub,
 )
+from segstream.client._client_base import ClientBase
 from segstream.client._errors import (
     AuthenticationError,
     DeadlineExceededError,
@@ -38,12 +31,10 @@ from segstream.client._errors import (
     status_was_lost,
     translating_rpc_errors,
 )
-from segstream.client._frames import FrameEncoder, FrameLike, check_wire_settings
+from segstream.client._frames import FrameEncoder, FrameLike
 from segstream.client._options import DEFAULT_OPTIONS, StreamOptions
 from segstream.client._reconnect import Backoff, Reconnect, StreamLedger, log_reconnect
 from segstream.client._results import ModelInfo, SegmentResult
-from segstream.client._security import PemSource, auth_metadata, channel_security
-from segstream.client.codec import PixelFormatName, WireEncoding
 from segstream.v1 import segmentation_pb2 as pb
 
 
@@ -161,7 +152,7 @@ class _Feed:
             await self._source.aclose()
 
 
-class AsyncSegmentationClient:
+class AsyncSegmentationClient(ClientBase[grpc.aio.Channel]):
     """The asyncio twin of `SegmentationClient`: same arguments, same results, awaitable calls.
 
     Example:
@@ -171,50 +162,12 @@ class AsyncSegmentationClient:
         ...         show(result.overlay)
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        wire_encoding: WireEncoding = "raw",
-        pixel_format: PixelFormatName = "bgr",
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        timeout: float | None = None,
-        wait_for_ready: bool = False,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[ChannelOption] = (),
-        wire_jpeg_quality: int = 90,
-        tls: bool | None = None,
-        tls_ca: PemSource | None = None,
-        tls_cert: PemSource | None = None,
-        tls_key: PemSource | None = None,
-        server_name_override: str | None = None,
-        token: str | None = None,
-    ) -> None:
-        check_wire_settings(pixel_format, wire_encoding, wire_jpeg_quality)
-        check_max_in_flight(max_in_flight)
-        self.target = target
-        self._wire = (pixel_format, wire_encoding, wire_jpeg_quality)
-        self._max_in_flight = max_in_flight
-        self._timeout = timeout
-        self._wait_for_ready = wait_for_ready
-        credentials, tls_options = channel_security(
-            credentials,
-            tls=tls,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            server_name_override=server_name_override,
-        )
-        self._metadata = auth_metadata(token)
-        opts = channel_options(max_message_bytes, [*tls_options, *options])
-        self._channel = (
-            grpc.aio.insecure_channel(channel_target(target), opts)
-            if credentials is None
-            else grpc.aio.secure_channel(channel_target(target), credentials, opts)
-        )
-        self._stub = segmentation_stub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+    def _open_channel(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[ChannelOption]
+    ) -> grpc.aio.Channel:
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options)
+        return grpc.aio.secure_channel(target, credentials, options)
 
     async def stream(
         self,
