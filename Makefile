@@ -16,6 +16,7 @@ help:
 	@echo "make test   - lint, type-check and run the test suite"
 	@echo "make check  - ruff, mypy and the generated-code check only"
 	@echo "make proto  - regenerate the Python code from protos/"
+	@echo "make bench  - CPU benchmark (about two minutes); the last line is its JSON (docs/benchmarks.md)"
 	@echo "make soak   - a long soak run (8 streams x 20000 frames per frame policy)"
 	@echo "make bench-gpu - on an NVIDIA GPU machine: GPU tests, then CUDA/TensorRT benchmarks"
 
@@ -73,6 +74,16 @@ bench-gpu: $(STAMP)
 
 demo: $(STAMP)
 	./scripts/demo.sh
+
+# The issue's CPU configuration: a model of 30-50 ms per frame (the synthetic FCN-ResNet50 at a 64-pixel
+# short side on 2 cores), one stream, four LATEST streams at 30 fps, then four ORDERED streams, whose
+# JSON line is the last line printed. docs/benchmarks.md has the figures and how to read them.
+BENCH_ARGS ?= --arch resnet50 --cache-dir models/onnx --size 64 --device cpu --iterations 150
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/segstream-bench $(BENCH_ARGS) --streams 1 --frames 100 --json
+	$(BIN)/segstream-bench $(BENCH_ARGS) --streams 4 --frames 150 --policy latest --rate 30 --json
+	$(BIN)/segstream-bench $(BENCH_ARGS) --streams 4 --frames 200 --json
 
 clean:
 	rm -rf demo-out .mypy_cache .ruff_cache .pytest_cache

@@ -57,7 +57,7 @@ def frames(sample_bgr: npt.NDArray[np.uint8]) -> list[U8Array]:
 
 def _run(model: OrtModel, frames: Sequence[U8Array], head: str = "out") -> BatchResult:
     result = model.run(head, frames, (480, 640))
-    return BatchResult(result.labels.copy(), result.confidence.copy(), result.class_share.copy())
+    return BatchResult(result.labels.copy(), result.confidence.copy())
 
 
 def test_cuda_really_runs_on_cuda(cuda_model: OrtModel) -> None:
@@ -92,7 +92,6 @@ def test_cuda_graphs_replay_new_frames(spec: ModelSpec, cuda_model: OrtModel, fr
     for frame in (frames[0], frames[1], frames[0], frames[1]):  # capture, then replays with new input
         replayed, plain = _run(graphs, [frame]), _run(cuda_model, [frame])
         assert np.mean(replayed.labels == plain.labels) >= 0.999
-        np.testing.assert_allclose(replayed.class_share, plain.class_share, atol=1e-3)
     assert graphs.frames_devices() == {"cuda"}
 
 

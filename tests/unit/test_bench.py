@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from segstream.bench.cli import build_parser, main
-from segstream.bench.cpu import CpuMeter
+from segstream.bench.cpu import CpuMeter, CpuUse
 from segstream.bench.frames import HEIGHT, WIDTH, encoded_frames, load_photos
 from segstream.bench.report import LoopResult, ServedResult, StreamStats, build_report, render, to_json
 from segstream.bench.served import LoadSpec, run_load
@@ -69,6 +69,8 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         (["--server", "localhost:99999"], "expected HOST:PORT"),
         (["--server", "127.0.0.1:50051", "--server-arg=--workers=2"], "--server-arg only applies"),
         (["--samples", "/nonexistent"], "--samples /nonexistent: no such folder"),
+        (["--frame-size", "640"], "--frame-size '640': expected WIDTHxHEIGHT"),
+        (["--frame-size", "8x8"], "--frame-size '8x8'"),
         (["--policy", "newest"], "invalid choice"),
         (["--device", "tpu"], "invalid choice"),
         (["--streams", "four"], "invalid int value"),
@@ -83,12 +85,31 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys:
     assert err.startswith("segstream-bench: error: ") and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("server_args", "message"),
+    [
+        (["--server-arg=--bogus"], "--server-arg '--bogus': segstream-server: error: unrecognized arguments: --bogus"),
+        (["--server-arg=--inflight=0"], "the server's settings: --inflight 0: must be between 1 and"),
+    ],
+)
+def test_server_flags_are_checked_by_the_servers_parser_before_anything_starts(
+    tiny_model: Path, server_args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--model", str(tiny_model), *server_args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
 def test_frames_are_640x480_jpegs_of_the_samples() -> None:
     frames = encoded_frames(load_photos())
     assert len(frames) == 6 and len(set(frames)) == 6
     for data in frames:
         assert data[:2] == b"\xff\xd8"
         assert decode_encoded(data).shape == (HEIGHT, WIDTH, 3)
+    wide = encoded_frames(load_photos(), 1280, 720)
+    assert {decode_encoded(data).shape for data in wide} == {(720, 1280, 3)}
 
 
 def _stream(latencies: Sequence[float], sent: int, dropped: int = 0, errors: int = 0) -> StreamStats:
@@ -134,7 +155,7 @@ def test_report_ratios_percentiles_and_targets() -> None:
     assert report["p50_ms"] == pytest.approx(45.0)
     assert report["p99_ms"] == pytest.approx(79.3)
     assert report["pipeline_ms"] == 25.0
-    assert report["overhead_ms"] is None  # only meaningful for one stream
+    assert report["overhead_ms"] is None and report["overhead_excl_model_ms"] is None  # one stream only
     assert report["server_stage_ms"]["total"] == pytest.approx(10.0)
     assert report["targets"] == {"ratio_pipeline": {"value": 0.8, "op": ">=", "limit": 0.97, "met": False}}
     assert json.loads(to_json(report)) == report
@@ -143,11 +164,16 @@ def test_report_ratios_percentiles_and_targets() -> None:
 
 def test_report_overhead_for_one_stream_and_latest_target() -> None:
     served = ServedResult([_stream([26.0, 26.5, 27.0], 3)], 0.1, "CPUExecutionProvider", "m", True)
-    pipeline = LoopResult([25.0, 25.5, 26.0], 0.0765, "CPUExecutionProvider")
+    stages = {"decode": 1.0, "resize": 0.5, "inference": 23.5, "postprocess": 0.5}
+    pipeline = LoopResult([25.0, 25.5, 26.0], 0.0765, "CPUExecutionProvider", stages)
     raw = LoopResult([20.0], 0.02, "CPUExecutionProvider")
     one = build_report(_settings(1), served, raw, pipeline, None)
     assert one["overhead_ms"] == pytest.approx(1.0)  # p50 26.5 - pipeline p50 25.5
     assert one["targets"]["overhead_ms"]["met"]
+    # Without either side's model time: (26.5 - 10 server inference) - (25.5 - 23.5 loop inference).
+    assert one["overhead_excl_model_ms"] == pytest.approx(14.5)
+    assert sum(one["overhead_parts_ms"].values()) == pytest.approx(14.5)
+    assert one["overhead_parts_ms"]["transport"] == pytest.approx(26.5 - 10.0)
     latest = build_report(
         _settings(1, "latest", 30.0),
         ServedResult([_stream([30.0, 40.0, 50.0], 10, dropped=7)], 1.0, "CPU", "m", True),
@@ -159,6 +185,16 @@ def test_report_overhead_for_one_stream_and_latest_target() -> None:
     assert latest["latency_x_pipeline"] == pytest.approx(40.0 / 25.5, abs=1e-4)
     assert not latest["targets"]["latency_x_pipeline"]["met"]
     assert "ratio_pipeline" not in latest["targets"]
+
+
+def test_loops_before_and_after_the_served_phase_pool_into_one() -> None:
+    before = LoopResult([10.0, 10.0], 0.02, "CPU", {"inference": 9.0}, CpuUse(1.0, 2.0, None, 0.0))
+    after = LoopResult([20.0], 0.02, "CPU", {"inference": 18.0}, CpuUse(3.0, 1.0, None, 0.4))
+    both = before.combine(after)
+    assert both.times_ms == [10.0, 10.0, 20.0] and both.fps == pytest.approx(3 / 0.04)
+    assert both.stage_means_ms == {"inference": pytest.approx(12.0)}
+    assert both.cpu is not None and both.cpu.bench == pytest.approx(1.25) and both.cpu.other == pytest.approx(0.3)
+    assert both.cpu.server is None
 
 
 def test_report_without_answers_has_no_figures_but_valid_json() -> None:
@@ -211,6 +247,17 @@ async def test_rate_paces_the_sends(tiny_model: Path) -> None:
     assert wall >= 5 / 50.0  # the sixth frame is due 100 ms after the first
 
 
+def test_a_device_that_cannot_load_is_one_line_and_exit_1(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from segstream.server.providers import nvidia_gpu_present
+
+    if nvidia_gpu_present():
+        pytest.skip("this machine has an NVIDIA driver")
+    code = main(["--model", str(tiny_model), "--device", "cuda", "--frames", "1", "--iterations", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("segstream-bench: error: ") and "--device cuda" in err[-1]
+
+
 def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--model", str(tiny_model), "--size", "32", "--threads", "1", "--streams", "2", "--frames", "3"]
     code = main([*argv, "--iterations", "3", "--warmup", "1", "--json"])
@@ -225,5 +272,7 @@ def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.C
     assert report["sent"] == report["answered"] == 6 and report["dropped"] == 0
     assert report["ratio_raw"] == pytest.approx(report["served_fps"] / report["raw_fps"], rel=1e-3)
     assert report["ratio_pipeline"] == pytest.approx(report["served_fps"] / report["pipeline_fps"], rel=1e-3)
+    assert report["raw_iterations"] == report["pipeline_iterations"] == 3  # 2 before the server, 1 after
+    assert report["pipeline_drift"] is not None
     assert report["server_peak_rss_mb"] > 0 and report["bench_peak_rss_mb"] > 0
     assert "served/pipeline" in err

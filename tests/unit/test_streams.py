@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -80,3 +81,24 @@ async def test_closing_a_stream_cancels_its_in_flight_work() -> None:
     await stream.aclose()  # type: ignore[attr-defined]
     await asyncio.sleep(0.05)
     assert process.active == 0
+
+
+async def test_live_streams_share_engine_places_and_take_fresh_frames() -> None:
+    """With one place, two LATEST streams run one frame at a time, and each frame taken is fresh."""
+    process = Processor(0.03)
+    ages: list[float] = []
+
+    async def timed(frame: pb.Frame, received: float) -> pb.SegmentResponse:
+        ages.append(time.perf_counter() - received)
+        return await process(frame, received)
+
+    admission = asyncio.Semaphore(1)
+
+    async def run() -> list[pb.SegmentResponse]:
+        return [r async for r in latest(frames(40, delay=0.003), timed, None, admission)]
+
+    first, second = await asyncio.gather(run(), run())
+    assert process.peak == 1  # the shared place serialises the two streams
+    assert first[-1].frame_id == second[-1].frame_id == 39
+    # A frame waits for a place in its stream, not in the engine: taken frames are at most a few ms old.
+    assert sorted(ages)[len(ages) // 2] < 0.01

@@ -4,7 +4,6 @@
     output_size int64 [2]          (height, width) the label map is wanted at
  -> labels      uint8 [N, Hout, Wout]  argmax class ids after bilinear (half-pixel) resize of the logits
     confidence  float [N]              mean over pixels of the maximum logit, at the inference size
-    class_share float [N, classes]     fraction of `labels` pixels of each class
 
 Normalisation (the model card's mean/std) runs as the first nodes; the other head is removed.
 Every operator is opset 11 and runs on ONNX Runtime's CUDA provider.
@@ -22,8 +21,7 @@ FRAMES = "frames"
 OUTPUT_SIZE = "output_size"
 LABELS = "labels"
 CONFIDENCE = "confidence"
-CLASS_SHARE = "class_share"
-SERVING_OUTPUTS = (LABELS, CONFIDENCE, CLASS_SHARE)
+SERVING_OUTPUTS = (LABELS, CONFIDENCE)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -42,7 +40,6 @@ def serving_graph(model: onnx.ModelProto, head: str = "out") -> onnx.ModelProto:
     if model_input is None:
         raise ValueError("the model has no input named 'input'")
     dims = model_input.type.tensor_type.shape.dim
-    classes = next(o for o in graph.output if o.name == head).type.tensor_type.shape.dim[1].dim_value or 21
     graph.input.remove(model_input)
     scale = (1.0 / (255.0 * np.array(STD, np.float32))).reshape(1, 3, 1, 1).astype(np.float32)
     offset = (-np.array(MEAN, np.float32) / np.array(STD, np.float32)).reshape(1, 3, 1, 1).astype(np.float32)
@@ -53,7 +50,6 @@ def serving_graph(model: onnx.ModelProto, head: str = "out") -> onnx.ModelProto:
             _const("empty_f", np.zeros(0, np.float32)),
             _const("two", np.array([2], np.int64)),
             _const("zero", np.array([0], np.int64)),
-            _const("classes", np.arange(classes, dtype=np.int64).reshape(1, classes, 1, 1)),
         ]
     )
     pre = [
@@ -80,9 +76,6 @@ def serving_graph(model: onnx.ModelProto, head: str = "out") -> onnx.ModelProto:
         helper.make_node("ArgMax", [_P + "resized"], [_P + "argmax"], axis=1, keepdims=1),
         helper.make_node("Cast", [_P + "argmax"], [_P + "labels4"], to=TensorProto.UINT8),
         helper.make_node("Squeeze", [_P + "labels4"], [LABELS], axes=[1]),
-        helper.make_node("Equal", [_P + "argmax", _P + "classes"], [_P + "onehot"]),
-        helper.make_node("Cast", [_P + "onehot"], [_P + "onehot_f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", [_P + "onehot_f"], [CLASS_SHARE], axes=[2, 3], keepdims=0),
     ]
     nodes = [*pre, *graph.node, *post]
     del graph.node[:]
@@ -98,7 +91,6 @@ def serving_graph(model: onnx.ModelProto, head: str = "out") -> onnx.ModelProto:
         [
             helper.make_tensor_value_info(LABELS, TensorProto.UINT8, [_dim(dims[0]), "out_height", "out_width"]),
             helper.make_tensor_value_info(CONFIDENCE, TensorProto.FLOAT, [_dim(dims[0])]),
-            helper.make_tensor_value_info(CLASS_SHARE, TensorProto.FLOAT, [_dim(dims[0]), classes]),
         ]
     )
     onnx.checker.check_model(pruned)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -20,8 +22,8 @@ import onnxruntime as ort
 
 from segstream.bench.cpu import CpuMeter
 from segstream.bench.frames import HEIGHT, WIDTH, encoded_frames, load_photos
-from segstream.bench.inprocess import measure_pipeline, measure_raw
-from segstream.bench.report import ServedResult, build_report, render, to_json
+from segstream.bench.inprocess import measure_pipeline, measure_raw, network_shape
+from segstream.bench.report import LoopResult, ServedResult, build_report, render, to_json
 from segstream.bench.served import (
     BenchError,
     LoadSpec,
@@ -34,9 +36,8 @@ from segstream.bench.served import (
 )
 from segstream.client import ModelInfo, StreamOptions
 from segstream.client.codec import U8Array
-from segstream.server.config import DEVICES, Device, ModelSpec
+from segstream.server.config import DEVICES, Device, ModelSpec, ServerConfig
 from segstream.server.engine import EngineError
-from segstream.server.preprocess import inference_shape
 
 PROG = "segstream-bench"
 ARCHS = ("resnet50", "resnet101", "tiny")
@@ -61,10 +62,10 @@ def _default_cache_dir() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
-        description="Benchmark segstream: N concurrent streams of M 640x480 JPEG frames through a real "
-        "segstream-server, then, on the same model, size, provider and threads, raw ONNX Runtime alone and "
-        "the whole per-frame pipeline (decode, resize, run, postprocess) in one loop. Prints fps, latency "
-        "percentiles, drops and the ratios served/raw and served/pipeline.",
+        description="Benchmark segstream: N concurrent streams of M JPEG frames (640x480 unless "
+        "--frame-size) through a real segstream-server, then, on the same model, size, provider and threads, "
+        "raw ONNX Runtime alone and the whole per-frame pipeline (decode, resize, run, postprocess) in one "
+        "loop. Prints fps, latency percentiles, drops and the ratios served/raw and served/pipeline.",
     )
     model = p.add_argument_group("model")
     model.add_argument("--model", type=Path, metavar="PATH", help="ONNX model file (default: a synthetic --arch)")
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--cache-dir",
+        metavar="DIR",
         type=Path,
         default=None,
         help="where synthetic models are built and kept (default $XDG_CACHE_HOME/segstream/models, "
@@ -84,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--size",
+        metavar="N",
         type=int,
         default=520,
-        help="short side frames are resized to before the network (default 520; 0: the frame's own 640x480)",
+        help="short side frames are resized to before the network (default 520; 0: the frame's own size)",
     )
     model.add_argument("--head", choices=("out", "aux"), default="out", help="model head to run (default out)")
     model.add_argument(
@@ -97,14 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--threads",
+        metavar="N",
         type=int,
         default=0,
         help="ONNX Runtime intra-op threads, server and in-process alike (default 0: all cores)",
     )
 
     load = p.add_argument_group("load")
-    load.add_argument("--streams", type=int, default=1, help="concurrent streams (default 1)")
-    load.add_argument("--frames", type=int, default=50, help="frames per stream (default 50)")
+    load.add_argument("--streams", metavar="N", type=int, default=1, help="concurrent streams (default 1)")
+    load.add_argument("--frames", metavar="M", type=int, default=50, help="frames per stream (default 50)")
     load.add_argument(
         "--policy",
         choices=("ordered", "latest"),
@@ -113,12 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument(
         "--rate",
+        metavar="FPS",
         type=float,
         default=0.0,
         help="frames per second each stream sends, paced like a camera (default 0: as fast as the policy allows)",
     )
     load.add_argument(
         "--window",
+        metavar="N",
         type=int,
         default=1,
         help="unanswered frames an ordered stream may have; 1 waits for each answer, so latency has no "
@@ -126,23 +132,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument(
         "--outputs",
+        metavar="LIST",
         default="label_mask",
         help=f"comma-separated outputs each frame asks for, of {', '.join(OUTPUT_NAMES)} (default label_mask)",
     )
     load.add_argument(
         "--warmup",
+        metavar="N",
         type=int,
         default=5,
         help="frames of an uncounted warm-up stream, and uncounted runs before each in-process loop (default 5)",
     )
     load.add_argument(
         "--iterations",
+        metavar="K",
         type=int,
         default=50,
-        help="measured runs of the raw ONNX Runtime loop and of the pipeline loop (default 50)",
+        help="measured runs of the raw ONNX Runtime loop and of the pipeline loop, half before the server "
+        "starts and half after it stops (default 50)",
+    )
+    load.add_argument(
+        "--frame-size",
+        default=f"{WIDTH}x{HEIGHT}",
+        metavar="WxH",
+        help=f"size of the frames sent, cut and scaled from the sample photographs (default {WIDTH}x{HEIGHT})",
     )
     load.add_argument(
         "--samples",
+        metavar="DIR",
         type=Path,
         default=None,
         help="folder with the two sample photographs (default: samples/ of the source tree)",
@@ -156,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--max-batch",
+        metavar="B",
         type=int,
         default=1,
         help="the started server's --max-batch (default 1)",
@@ -169,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--startup-timeout",
+        metavar="SECONDS",
         type=float,
         default=300.0,
         help="seconds the server may take to load and warm up (default 300)",
@@ -195,6 +214,7 @@ class BenchConfig:
     options: StreamOptions
     warmup: int
     iterations: int
+    frame_size: tuple[int, int]  # width, height
     samples: Path | None
     server: str | None
     max_batch: int
@@ -237,6 +257,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             raise UsageError(f"--server {args.server!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
         if args.server_arg:
             raise UsageError("--server-arg only applies to a server the bench starts; drop --server or it")
+    width, sep, height = args.frame_size.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or not (16 <= int(width) <= 8192 >= int(height) >= 16):
+        raise UsageError(f"--frame-size {args.frame_size!r}: expected WIDTHxHEIGHT of 16 to 8192 pixels, e.g. 640x480")
     if args.samples is not None and not args.samples.is_dir():
         raise UsageError(f"--samples {args.samples}: no such folder")
     return BenchConfig(
@@ -253,6 +276,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         options=options,
         warmup=args.warmup,
         iterations=args.iterations,
+        frame_size=(int(width), int(height)),
         samples=args.samples,
         server=args.server,
         max_batch=args.max_batch,
@@ -293,8 +317,28 @@ def _pick_model(models: Sequence[ModelInfo]) -> ModelInfo:
     return default
 
 
+def server_config(command: ServerCommand) -> ServerConfig:
+    """The ServerConfig the server builds from these flags, by the server's own parser.
+
+    A flag the server refuses is a UsageError quoting the server parser's message, before anything starts.
+    """
+    from segstream.server import cli as server_cli
+
+    refused = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(refused), contextlib.redirect_stdout(refused):
+            args = server_cli.build_parser().parse_args(command.flags(port=0))
+    except SystemExit as exc:
+        text = refused.getvalue().strip().splitlines() or [f"exit status {exc.code}"]
+        raise UsageError(f"--server-arg {' '.join(command.extra_args)!r}: {text[-1]}") from None
+    try:
+        return server_cli.config_from_args(args)
+    except ValueError as exc:  # ConfigError, or a GPU option the server refuses
+        raise UsageError(f"the server's settings: {exc}") from exc
+
+
 async def _served_phase(
-    config: BenchConfig, model: ModelSpec, frames: Sequence[bytes]
+    config: BenchConfig, command: ServerCommand, frames: Sequence[bytes]
 ) -> tuple[ServedResult, list[str]]:
     """Starts (or finds) the server, warms up, runs the streams, stops the server it started."""
     notes: list[str] = []
@@ -310,9 +354,6 @@ async def _served_phase(
                 "so the in-process runs match"
             )
     else:
-        command = ServerCommand(
-            model.name, model.path, config.size, config.device, config.threads, config.max_batch, config.server_args
-        )
         process = ServerProcess(command)
         target = process.target
         _say(f"starting segstream-server on {target} (pid {process.pid})")
@@ -346,34 +387,44 @@ async def _served_phase(
     return result, notes
 
 
+def _inprocess(
+    server: ServerConfig, config: BenchConfig, frames: Sequence[bytes], iterations: int, when: str
+) -> tuple[LoopResult, LoopResult]:
+    _say(f"in process, {when} the served phase: raw ONNX Runtime and the pipeline loop, {iterations} runs each")
+    meter = CpuMeter()
+    raw = measure_raw(server, config.options.head, frames[0], iterations, config.warmup)
+    raw.cpu = meter.stop()
+    meter = CpuMeter()
+    pipeline = measure_pipeline(server, config.options, frames, iterations, config.warmup)
+    pipeline.cpu = meter.stop()
+    return raw, pipeline
+
+
 def run(config: BenchConfig) -> dict[str, Any]:
-    """One benchmark run; returns the report (see segstream.bench.report.build_report)."""
+    """One benchmark run; returns the report (see segstream.bench.report.build_report).
+
+    The in-process loops run half their iterations before the server starts and half after it has
+    stopped, so that a machine whose speed drifts over the run moves both sides of the ratios alike.
+    """
     photos: list[U8Array] = load_photos(config.samples)
-    frames = encoded_frames(photos)
+    width, height = config.frame_size
+    frames = encoded_frames(photos, width, height)
     model = config.model or synthetic_model(config.arch, config.cache_dir)
-    served, notes = asyncio.run(_served_phase(config, model, frames))
+    command = ServerCommand(
+        model.name, model.path, config.size, config.device, config.threads, config.max_batch, config.server_args
+    )
+    settings_of_server = server_config(command)
+    first = (config.iterations + 1) // 2
+    raw, pipeline = _inprocess(settings_of_server, config, frames, first, "before")
+    served, notes = asyncio.run(_served_phase(config, command, frames))
     for note in notes:
         _say(f"warning: {note}")
-    _say(f"raw ONNX Runtime: {config.iterations} runs")
-    meter = CpuMeter()
-    raw = measure_raw(
-        model,
-        config.device,
-        config.threads,
-        (HEIGHT, WIDTH),
-        config.size,
-        config.options.head,
-        frames[0],
-        config.iterations,
-        config.warmup,
-    )
-    raw.cpu = meter.stop()
-    _say(f"pipeline in one loop: {config.iterations} frames")
-    meter = CpuMeter()
-    pipeline = measure_pipeline(
-        model, config.device, config.threads, config.size, config.options, frames, config.iterations, config.warmup
-    )
-    pipeline.cpu = meter.stop()
+    drift = None
+    if config.iterations - first > 0:
+        raw_after, pipeline_after = _inprocess(settings_of_server, config, frames, config.iterations - first, "after")
+        before, after = pipeline.mean_ms, pipeline_after.mean_ms
+        drift = after / before - 1.0 if before and after else None
+        raw, pipeline = raw.combine(raw_after), pipeline.combine(pipeline_after)
     settings: dict[str, Any] = {
         "streams": config.streams,
         "frames": config.frames,
@@ -383,7 +434,8 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "model": model.name,
         "model_path": str(model.path),
         "size": config.size,
-        "inference_shape": list(inference_shape(HEIGHT, WIDTH, config.size)),
+        "frame_size": list(config.frame_size),
+        "inference_shape": list(network_shape(settings_of_server, height, width)),
         "head": config.options.head,
         "outputs": list(config.options.outputs),
         "device": config.device,
@@ -395,7 +447,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "cpus": os.cpu_count(),
     }
-    return build_report(settings, served, raw, pipeline, memory_mb().get("VmHWM"))
+    return build_report(settings, served, raw, pipeline, memory_mb().get("VmHWM"), drift)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchError, EngineError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     print(render(report), file=sys.stderr, flush=True)
     failed = bool(report["errors"] or report["unaccounted"])
     if report["errors"]:

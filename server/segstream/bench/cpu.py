@@ -46,6 +46,17 @@ class CpuUse:
     server: float | None
     other: float | None
 
+    def combine(self, other: CpuUse) -> CpuUse:
+        """Both phases as one: each figure averaged over their wall time."""
+        wall = self.wall_s + other.wall_s
+
+        def mix(a: float | None, b: float | None) -> float | None:
+            if a is None or b is None or wall <= 0:
+                return None
+            return (a * self.wall_s + b * other.wall_s) / wall
+
+        return CpuUse(wall, mix(self.bench, other.bench), mix(self.server, other.server), mix(self.other, other.other))
+
     def as_dict(self) -> dict[str, float | None]:
         return {
             "bench": _r(self.bench),

@@ -1,4 +1,4 @@
-"""The benchmark's frames: 640x480 JPEGs made once, up front, from the bundled photographs.
+"""The benchmark's frames: JPEGs (640x480 by default) made once, up front, from the bundled photographs.
 
 Encoding happens before any clock starts, so the client's encode cost is never measured; every
 stream sends the same few encoded frames in turn, as `Frame.encoded`.
@@ -40,21 +40,28 @@ def load_photos(directory: Path | None = None) -> list[U8Array]:
     return photos
 
 
-def variants(photo: U8Array) -> list[U8Array]:
-    """Three 640x480 views of one photograph: whole, mirrored, and a centred 1.25x zoom."""
-    whole = codec.as_u8(cv2.resize(photo, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA))
+def _cover(image: U8Array, width: int, height: int, zoom: float = 1.0) -> U8Array:
+    """The centred crop of `image` with the aspect ratio of width x height (narrowed by `zoom`), resized to it."""
+    rows, cols = image.shape[:2]
+    scale = min(cols / width, rows / height) / zoom
+    crop_w, crop_h = min(cols, round(width * scale)), min(rows, round(height * scale))
+    top, left = (rows - crop_h) // 2, (cols - crop_w) // 2
+    crop = image[top : top + crop_h, left : left + crop_w]
+    shrinking = crop_w >= width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return codec.as_u8(cv2.resize(crop, (width, height), interpolation=interpolation))
+
+
+def variants(photo: U8Array, width: int = WIDTH, height: int = HEIGHT) -> list[U8Array]:
+    """Three width x height views of one photograph: whole, mirrored, and a centred 1.25x zoom."""
+    whole = _cover(photo, width, height)
     mirrored = np.ascontiguousarray(whole[:, ::-1])
-    height, width = photo.shape[:2]
-    crop_h, crop_w = round(height / 1.25), round(width / 1.25)
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    crop = photo[top : top + crop_h, left : left + crop_w]
-    zoom = codec.as_u8(cv2.resize(crop, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR))
-    return [whole, mirrored, zoom]
+    return [whole, mirrored, _cover(photo, width, height, zoom=1.25)]
 
 
-def encoded_frames(photos: Sequence[U8Array] | None = None) -> list[bytes]:
-    """JPEG bytes of every 640x480 variant of the photographs, in a fixed order."""
-    images = [v for photo in (load_photos() if photos is None else photos) for v in variants(photo)]
+def encoded_frames(photos: Sequence[U8Array] | None = None, width: int = WIDTH, height: int = HEIGHT) -> list[bytes]:
+    """JPEG bytes of every width x height variant of the photographs, in a fixed order."""
+    images = [v for photo in (load_photos() if photos is None else photos) for v in variants(photo, width, height)]
     return [codec.encode_bgr(image, "jpeg", JPEG_QUALITY) for image in images]
 
 

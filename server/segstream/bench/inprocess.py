@@ -1,7 +1,8 @@
 """The in-process measurements: raw ONNX Runtime alone, and the server's per-frame work in one loop.
 
-Both use the model file, execution provider and thread count the server used, and run after the
-server has stopped, so nothing else competes for the cores.
+Both take their settings from the `ServerConfig` the server itself was started with (model file,
+execution provider and its options, threads, shape buckets), and run after the server has stopped,
+so nothing else competes for the cores.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import onnxruntime as ort
 
 from segstream.bench.report import LoopResult
 from segstream.client import StreamOptions, codec
-from segstream.server.config import Device, ModelSpec
-from segstream.server.ort_model import OrtModel
+from segstream.server.app import load_models
+from segstream.server.config import ServerConfig
 from segstream.server.postprocess import OutputSpec, postprocess
-from segstream.server.preprocess import inference_shape, normalize_into, resize_rgb
+from segstream.server.preprocess import normalize_into, resize_rgb, snap_to_bucket
 from segstream.server.providers import check_loaded, provider_list
 from segstream.v1 import segmentation_pb2 as pb
 
@@ -34,29 +35,34 @@ def output_spec(options: StreamOptions) -> OutputSpec:
     )
 
 
+def network_shape(config: ServerConfig, height: int, width: int) -> tuple[int, int]:
+    """The inference shape the server gives a height x width frame (short side --size, or a --buckets shape)."""
+    return snap_to_bucket(height, width, config.size, config.gpu.buckets)
+
+
 def measure_raw(
-    model: ModelSpec,
-    device: Device,
-    threads: int,
-    frame_shape: tuple[int, int],
-    size: int,
+    config: ServerConfig,
     head: str,
     frame_jpeg: bytes,
     iterations: int,
     warmup: int,
 ) -> LoopResult:
-    """`session.run([head])` on the float32 [1,3,H,W] input of one frame at the inference size."""
+    """`session.run([head])` of a plain session on the model file, fed one frame's float32 [1,3,H,W] tensor.
+
+    Same provider (with the server's provider options) and intra-op threads as the server.
+    """
+    model = config.models[0]
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = config.threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    providers = provider_list(device)
+    providers = provider_list(config.device, config.gpu, config.max_batch)
     session = ort.InferenceSession(str(model.path), options, providers=providers)
-    provider = check_loaded(device, providers, session, model.name)
-    height, width = inference_shape(*frame_shape, size)
-    resized = resize_rgb(codec.decode_encoded(frame_jpeg), (height, width))
+    provider = check_loaded(config.device, providers, session, model.name)
+    rgb = codec.decode_encoded(frame_jpeg)
+    height, width = network_shape(config, rgb.shape[0], rgb.shape[1])
     tensor = np.empty((1, 3, height, width), np.float32)
-    normalize_into(resized, tensor[0])
+    normalize_into(resize_rgb(rgb, (height, width)), tensor[0])
     feed = {session.get_inputs()[0].name: tensor}
     for _ in range(warmup):
         session.run([head], feed)
@@ -72,10 +78,7 @@ def measure_raw(
 
 
 def measure_pipeline(
-    model: ModelSpec,
-    device: Device,
-    threads: int,
-    size: int,
+    config: ServerConfig,
     options: StreamOptions,
     frames: Sequence[bytes],
     iterations: int,
@@ -83,10 +86,11 @@ def measure_pipeline(
 ) -> LoopResult:
     """Per frame what the server does, without serving: decode, resize, serving graph, postprocess.
 
-    The model runs through `OrtModel`, the class the server uses (IOBinding over the serving graph),
-    and the response is filled by the server's own `postprocess`.
+    The model is loaded by the server's own `load_models` (OrtModel: IOBinding over the serving
+    graph, the server's provider options), and the response is filled by the server's `postprocess`.
     """
-    ort_model = OrtModel(model, device=device, threads=threads, heads=(options.head,))
+    name = config.models[0].name
+    engine = load_models(config)[name]
     try:
         spec = output_spec(options)
         wire = [pb.Frame(frame_id=i, encoded=pb.EncodedImage(data=data)) for i, data in enumerate(frames)]
@@ -96,16 +100,16 @@ def measure_pipeline(
         def one(i: int, record: bool) -> None:
             frame = wire[i % len(wire)]
             t0 = time.perf_counter()
-            rgb = codec.decode_frame(frame)
+            rgb = codec.decode_frame(frame, config.max_frame_pixels)
             t1 = time.perf_counter()
-            resized = resize_rgb(rgb, inference_shape(rgb.shape[0], rgb.shape[1], size))
+            resized = resize_rgb(rgb, network_shape(config, rgb.shape[0], rgb.shape[1]))
             image = rgb if spec.resolution == pb.OUTPUT_RESOLUTION_FRAME else resized
             t2 = time.perf_counter()
-            batch = ort_model.run(options.head, [resized], (image.shape[0], image.shape[1]))
+            batch = engine.run(options.head, [resized], (image.shape[0], image.shape[1]))
             t3 = time.perf_counter()
-            response = pb.SegmentResponse(frame_id=frame.frame_id, model=model.name)
+            response = pb.SegmentResponse(frame_id=frame.frame_id, model=name)
             response.inference_width, response.inference_height = resized.shape[1], resized.shape[0]
-            postprocess(batch.labels[0], float(batch.confidence[0]), batch.class_share[0], image, spec, response)
+            postprocess(batch.labels[0], float(batch.confidence[0]), engine.num_classes, image, spec, response)
             t4 = time.perf_counter()
             if record:
                 times.append((t4 - t0) * 1e3)
@@ -119,6 +123,6 @@ def measure_pipeline(
             one(i, record=True)
         total = time.perf_counter() - started
         means = {stage: value / iterations for stage, value in stage_sums.items()} if iterations else {}
-        return LoopResult(times, total, ort_model.provider, means)
+        return LoopResult(times, total, engine.provider, means)
     finally:
-        ort_model.close()
+        engine.close()

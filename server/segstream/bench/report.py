@@ -137,6 +137,16 @@ class LoopResult:
     def p50_ms(self) -> float | None:
         return percentile(self.times_ms, 50)
 
+    def combine(self, other: LoopResult) -> LoopResult:
+        """Two runs of the same loop (before and after the served phase) as one."""
+        n, m = len(self.times_ms), len(other.times_ms)
+        stages = {
+            stage: (self.stage_means_ms[stage] * n + other.stage_means_ms.get(stage, 0.0) * m) / (n + m)
+            for stage in self.stage_means_ms
+        }
+        cpu = self.cpu.combine(other.cpu) if self.cpu is not None and other.cpu is not None else None
+        return LoopResult(self.times_ms + other.times_ms, self.total_s + other.total_s, self.provider, stages, cpu)
+
 
 def _round(value: float | None, digits: int = 3) -> float | None:
     if value is None or math.isnan(value):
@@ -150,8 +160,13 @@ def build_report(
     raw: LoopResult,
     pipeline: LoopResult,
     bench_peak_rss_mb: float | None,
+    pipeline_drift: float | None = None,
 ) -> dict[str, Any]:
-    """The flat result object; `settings` holds the run's configuration (streams, frames, policy, ...)."""
+    """The flat result object; `settings` holds the run's configuration (streams, frames, policy, ...).
+
+    `pipeline_drift` is how much slower the pipeline loop ran after the served phase than before
+    it (0.02: 2% slower): the machine's own drift, which the ratios cannot tell from serving costs.
+    """
     latencies = served.latencies_ms
     p50 = percentile(latencies, 50)
     pipeline_ms = pipeline.mean_ms
@@ -189,6 +204,7 @@ def build_report(
         "inprocess_provider": pipeline.provider,
         "server_stage_ms": {k: _round(v) for k, v in served.stage_means_ms().items()},
         "pipeline_stage_ms": {k: _round(v) for k, v in pipeline.stage_means_ms.items()},
+        "pipeline_drift": _round(pipeline_drift, 4),
         "raw_iterations": len(raw.times_ms),
         "pipeline_iterations": len(pipeline.times_ms),
         "server_peak_rss_mb": _round(served.server_peak_rss_mb, 1),
@@ -199,8 +215,37 @@ def build_report(
             for name, phase in (("served", served), ("raw", raw), ("pipeline", pipeline))
         },
     }
+    report.update(_overhead_breakdown(streams, mean(latencies), served.stage_means_ms(), pipeline))
     report["targets"] = targets(report)
     return report
+
+
+def _overhead_breakdown(
+    streams: int, latency_ms: float | None, server: Mapping[str, float | None], pipeline: LoopResult
+) -> dict[str, Any]:
+    """One stream's serving overhead measured within each phase, so that the machine's drift cancels.
+
+    Served latency minus the server's own model time, against the pipeline loop's time minus its
+    model time: what serving adds per frame besides the model. The parts: `decode_hop` (frame
+    received -> decoded and resized, beyond the loop's own decode and resize), `queue` (batcher),
+    `postprocess` (beyond the loop's), `handback` (result -> response handed to gRPC), `transport`
+    (client send -> server receive and server send -> client receive, with both ends' gRPC work).
+    """
+    if streams != 1 or latency_ms is None or any(server[k] is None for k in STAGES):
+        return {"overhead_excl_model_ms": None, "overhead_parts_ms": None}
+    stage = {k: float(v) for k, v in server.items() if v is not None}
+    loop = pipeline.stage_means_ms
+    parts = {
+        "decode_hop": stage["decode"] - loop.get("decode", 0.0) - loop.get("resize", 0.0),
+        "queue": stage["queue"],
+        "postprocess": stage["postprocess"] - loop.get("postprocess", 0.0),
+        "handback": stage["total"] - stage["decode"] - stage["queue"] - stage["inference"] - stage["postprocess"],
+        "transport": latency_ms - stage["total"],
+    }
+    return {
+        "overhead_excl_model_ms": _round(sum(parts.values())),
+        "overhead_parts_ms": {k: _round(v) for k, v in parts.items()},
+    }
 
 
 def targets(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -243,10 +288,11 @@ def render(report: Mapping[str, Any]) -> str:
     window = f", window {r['window']}" if r["policy"] == "ordered" else ""
     synthetic = " (synthetic weights)" if r["synthetic"] else ""
     height, width = r["inference_shape"]
+    frame_size = " of {}x{} JPEG".format(*r["frame_size"]) if r.get("frame_size") else ""
     lines = [
         f"model     {r['model']}{synthetic} on {r['provider']}, size {r['size']} (network input {width}x{height}), "
         f"threads {r['threads'] or 'all'}, max-batch {r['max_batch']}, outputs {','.join(r['outputs'])}",
-        f"served    {r['streams']} stream(s) x {r['frames']} frames, {r['policy']}{window}{rate}: "
+        f"served    {r['streams']} stream(s) x {r['frames']} frames{frame_size}, {r['policy']}{window}{rate}: "
         f"{r['sent']} sent, {r['answered']} answered, {r['dropped']} dropped, {r['errors']} errors "
         f"in {_num(r['wall_s'])} s",
         f"          {_num(r['served_fps'])} fps   latency ms p50 {_ms(r['p50_ms'])}  p95 {_ms(r['p95_ms'])}  "
@@ -261,8 +307,20 @@ def render(report: Mapping[str, Any]) -> str:
         f"ratios    served/raw {_num(r['ratio_raw'], 3)}   served/pipeline {_num(r['ratio_pipeline'], 3)}   "
         f"served p50 / pipeline mean {_num(r['latency_x_pipeline'], 2)}",
     ]
+    if r.get("pipeline_drift") is not None:
+        lines.append(
+            f"drift     the pipeline loop ran {abs(r['pipeline_drift']) * 100:.1f}% "
+            f"{'slower' if r['pipeline_drift'] > 0 else 'faster'} after the served phase than before it; "
+            "the in-process figures pool both halves"
+        )
     if r["overhead_ms"] is not None:
         lines.append(f"overhead  serving overhead per frame (served p50 - pipeline p50): {r['overhead_ms']:.2f} ms")
+    if r.get("overhead_excl_model_ms") is not None:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in r["overhead_parts_ms"].items())
+        lines.append(
+            f"          without the model's own time, measured within each phase: {r['overhead_excl_model_ms']:.2f} ms "
+            f"({parts})"
+        )
     lines.append(
         f"memory    server peak RSS {_ms(r['server_peak_rss_mb'])} MB, bench process peak RSS "
         f"{_ms(r['bench_peak_rss_mb'])} MB"
@@ -270,9 +328,15 @@ def render(report: Mapping[str, Any]) -> str:
     for phase, cpu in r["cpu_cores"].items():
         if cpu is None:
             continue
-        used = ", ".join(f"{who} {_num(cores)}" for who, cores in cpu.items() if cores is not None)
+        # Against a server the bench did not start, that server's own CPU time counts as "other".
+        remote = phase == "served" and cpu["server"] is None
+        used = ", ".join(
+            f"{'other (the server included)' if remote and who == 'other' else who} {_num(cores)}"
+            for who, cores in cpu.items()
+            if cores is not None
+        )
         lines.append(f"cpu       {phase}: cores busy on average: {used}")
-        if cpu["other"] is not None and cpu["other"] > DISTURBED_CORES:
+        if not remote and cpu["other"] is not None and cpu["other"] > DISTURBED_CORES:
             lines.append(
                 f"WARNING   other processes kept {cpu['other']:.2f} cores busy during the {phase} phase: "
                 "its figures are disturbed; run again on a quiet machine"

@@ -70,10 +70,11 @@ class ServerCommand:
     host: str = "127.0.0.1"
 
     def argv(self, port: int) -> list[str]:
+        """The command line of a server process of this interpreter."""
+        return [sys.executable, "-m", "segstream.server.cli", *self.flags(port)]
+
+    def flags(self, port: int) -> list[str]:
         return [
-            sys.executable,
-            "-m",
-            "segstream.server.cli",
             "--model",
             f"{self.model_name}={self.model_path}",
             "--host",
@@ -124,9 +125,9 @@ class ServerProcess:
         async with AsyncSegmentationClient(self.target) as client:
             while True:
                 if self.exited() is not None:
-                    raise BenchError(
-                        f"segstream-server exited with status {self.exited()} before serving:\n{self.log_tail()}"
-                    )
+                    # The server's last line says why (its own one-line error, or a traceback's last line).
+                    reason = self.log_tail(1) or "no output"
+                    raise BenchError(f"segstream-server exited with status {self.exited()} before serving: {reason}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise BenchError(f"segstream-server did not report SERVING within {timeout:g} s")

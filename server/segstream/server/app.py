@@ -156,6 +156,8 @@ class SegstreamServer:
             bound = self.metrics.serve_http(self.config.metrics_port, _http_host(self.config.host))
             log.info("metrics on http://%s:%d/metrics", self.config.host, bound)
         workers = worker_count(self.config, models)
+        # As many live frames as the workers can run in full batches; more would only queue.
+        self.service.live_admission = asyncio.Semaphore(workers * self.config.max_batch)
         self._infer_pool = ThreadPoolExecutor(workers, thread_name_prefix="segstream-infer")
         batcher = Batcher(
             self.pipeline.run_batch,

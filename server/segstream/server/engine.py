@@ -28,7 +28,6 @@ class BatchResult:
 
     labels: U8Array  # [N, out_height, out_width] class ids
     confidence: F32Array  # [N] mean over pixels of the maximum logit
-    class_share: F32Array  # [N, classes] fraction of label pixels per class
 
 
 class Model(Protocol):

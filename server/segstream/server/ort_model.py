@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from segstream.models.graph import is_synthetic
-from segstream.models.serving import CLASS_SHARE, CONFIDENCE, FRAMES, LABELS, OUTPUT_SIZE, serving_graph
+from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, OUTPUT_SIZE, serving_graph
 from segstream.server.config import Device, ModelSpec
 from segstream.server.engine import HEADS, BatchResult, EngineError, Model, U8Array
 from segstream.server.gpu_options import CUDA, TENSORRT, GpuOptions, serializes_runs, session_count
@@ -218,7 +218,7 @@ class OrtModel:
             binding.io.synchronize_outputs()
             if binding.device_outputs is not None:
                 result = binding.result
-                arrays: tuple[np.ndarray[Any, Any], ...] = (result.labels, result.confidence, result.class_share)
+                arrays: tuple[np.ndarray[Any, Any], ...] = (result.labels, result.confidence)
                 for value, array in zip(binding.device_outputs, arrays, strict=True):
                     np.copyto(array, value.numpy())
         finally:
@@ -285,7 +285,6 @@ class OrtModel:
         result = BatchResult(
             labels=np.empty((n, *output_size), np.uint8),
             confidence=np.empty(n, np.float32),
-            class_share=np.empty((n, self._num_classes), np.float32),
         )
         io = session.io_binding()
         device_frames = None
@@ -297,7 +296,7 @@ class OrtModel:
             io.bind_input(FRAMES, "cpu", 0, np.uint8, list(shape), frames.ctypes.data)
         # Resize reads its target size on the host whatever the provider.
         io.bind_input(OUTPUT_SIZE, "cpu", 0, np.int64, [2], size.ctypes.data)
-        outputs = ((LABELS, result.labels), (CONFIDENCE, result.confidence), (CLASS_SHARE, result.class_share))
+        outputs = ((LABELS, result.labels), (CONFIDENCE, result.confidence))
         device_outputs = None
         run_options = None
         if graph_id is not None:

@@ -110,16 +110,19 @@ class Pipeline:
         metrics = self.metrics
         metrics.received.labels(settings.model).inc()
         metrics.inflight.inc()
+        # Time between the frame's arrival and now was spent waiting (a LATEST stream's frame
+        # waits for a place in the engine): it counts as queueing, not decoding.
+        started = time.perf_counter()
         try:
             rgb, resized = await loop.run_in_executor(self._decode_pool, self._prepare, frame)
             response.inference_width, response.inference_height = resized.shape[1], resized.shape[0]
-            timings.decode_ms = (time.perf_counter() - received) * 1e3
+            timings.decode_ms = (time.perf_counter() - started) * 1e3
             image = rgb if settings.spec.resolution == pb.OUTPUT_RESOLUTION_FRAME else resized
             work = _Work(resized, image, settings.spec, response)
             # Frames batch together when they share model, head, inference and output shape.
             key = (settings.model, settings.head, resized.shape, image.shape[:2])
             (inference_s, post_s), queued_s = await self.batcher.submit(key, work)
-            timings.queue_ms = queued_s * 1e3
+            timings.queue_ms = (started - received + queued_s) * 1e3
             timings.inference_ms = inference_s * 1e3
             timings.postprocess_ms = post_s * 1e3
             self.engine_failures = 0
@@ -167,7 +170,7 @@ class Pipeline:
                 postprocess(
                     batch.labels[i],
                     float(batch.confidence[i]),
-                    batch.class_share[i],
+                    model.num_classes,
                     item.image,
                     item.spec,
                     item.response,

@@ -52,6 +52,8 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         self.draining = asyncio.Event()
         self.all_closed = asyncio.Event()
         self.all_closed.set()
+        # Places in the engine for LATEST streams' frames; sized once the engine is known.
+        self.live_admission = asyncio.Semaphore(1)
 
     async def Segment(
         self, requests: AsyncIterator[pb.SegmentRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -86,7 +88,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                 metrics.dropped.labels(settings.model).inc()
 
             policy = (
-                latest(frames, process, dropped)
+                latest(frames, process, dropped, self.live_admission)
                 if settings.policy == pb.FRAME_POLICY_LATEST
                 else ordered(frames, process, self._inflight)
             )

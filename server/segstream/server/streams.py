@@ -54,8 +54,19 @@ async def ordered(frames: AsyncIterator[pb.Frame], process: Process, window: int
 
 
 async def latest(
-    frames: AsyncIterator[pb.Frame], process: Process, on_drop: Callable[[], None] | None = None
+    frames: AsyncIterator[pb.Frame],
+    process: Process,
+    on_drop: Callable[[], None] | None = None,
+    admission: asyncio.Semaphore | None = None,
 ) -> AsyncIterator[pb.SegmentResponse]:
+    """Newest frame wins.
+
+    `admission`, shared by every LATEST stream of a server, holds one place per frame the engine
+    can run at once. A stream takes its newest frame only once it holds a place, so frames wait
+    in the stream (where a newer one replaces them) rather than in the engine's queue, where they
+    would only grow old: latency stays near one inference however many live streams share it.
+    """
+    places = admission or asyncio.Semaphore(1)
     waiting: tuple[pb.Frame, float] | None = None
     dropped = 0
     reading_done = False
@@ -85,8 +96,11 @@ async def latest(
                 arrived.clear()
                 await arrived.wait()
                 continue
-            (frame, received), waiting = waiting, None
-            response = await process(frame, received)
+            async with places:
+                if waiting is None:  # only this loop takes frames, but stay safe
+                    continue
+                (frame, received), waiting = waiting, None
+                response = await process(frame, received)
             response.dropped_frames = dropped
             yield response
         await reader
