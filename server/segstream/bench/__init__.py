@@ -10,5 +10,6 @@ One run measures, on the same model file, inference size, execution provider and
 
 The ratios served/raw and served/pipeline say what serving costs. Modules: `frames` (the test
 frames), `served` (server process and stream load), `inprocess` (raw and pipeline loops),
-`report` (statistics, ratios, table, JSON), `cli` (the command line).
+`cpu` (who kept the cores busy during each phase), `report` (statistics, ratios, table, JSON),
+`cli` (the command line).
 """

@@ -97,6 +97,9 @@ class OrtModel:
         self._options.intra_op_num_threads = threads
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._options.log_severity_level = 3
+        # Idle ONNX Runtime threads would otherwise spin for work and take the cores that decoding,
+        # gRPC and the next batch's set-up need between runs.
+        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._path = spec.path
         self._float16 = gpu.fp16 and wanted == CUDA
         self._graph_bytes: dict[str, bytes] = {}
