@@ -120,34 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-warmup", action="store_true", help="skip running each model once before reporting SERVING")
     p.add_argument("--no-reflection", action="store_true", help="do not offer gRPC server reflection")
-    p.add_argument(
+    env_option(
+        p,
         "--tls-cert",
+        None,
+        "serve TLS with this PEM certificate chain (needs --tls-key; default: plaintext)",
         type=Path,
-        default=env_default("tls-cert", "") or None,
         metavar="PEM",
-        help="serve TLS with this PEM certificate chain (needs --tls-key; default: plaintext)",
     )
-    p.add_argument(
-        "--tls-key",
-        type=Path,
-        default=env_default("tls-key", "") or None,
-        metavar="PEM",
-        help="PEM private key of --tls-cert",
-    )
-    p.add_argument(
+    env_option(p, "--tls-key", None, "PEM private key of --tls-cert", type=Path, metavar="PEM")
+    env_option(
+        p,
         "--tls-client-ca",
+        None,
+        "mutual TLS: require client certificates signed by these PEM CA certificates (needs --tls-cert)",
         type=Path,
-        default=env_default("tls-client-ca", "") or None,
         metavar="PEM",
-        help="mutual TLS: require client certificates signed by these PEM CA certificates (needs --tls-cert)",
     )
-    p.add_argument(
+    env_option(
+        p,
         "--auth-token-file",
-        type=Path,
-        default=env_default("auth-token-file", "") or None,
-        metavar="FILE",
-        help="require 'authorization: Bearer <token>' on every call, server reflection included; FILE holds the "
+        None,
+        "require 'authorization: Bearer <token>' on every call, server reflection included; FILE holds the "
         "accepted tokens, one per line (blank lines and # comments ignored); grpc.health.v1 health checks stay open",
+        type=Path,
+        metavar="FILE",
     )
     env_option(p, "--grace", "5", "seconds in-flight calls get to finish on SIGTERM/SIGINT (default 5)", type=float)
     p.add_argument(

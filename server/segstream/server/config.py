@@ -149,10 +149,12 @@ def env_default(name: str, default: str, environ: Mapping[str, str] | None = Non
     return env.get(f"SEGSTREAM_{name.upper().replace('-', '_')}", default)
 
 
-def env_option(parser: Any, flag: str, default: str, help: str, **kwargs: Any) -> None:
+def env_option(parser: Any, flag: str, default: str | None, help: str, **kwargs: Any) -> None:
     """Adds `flag` to an argparse parser or group with its default from SEGSTREAM_<FLAG>.
 
     The default stays a string: argparse converts string defaults with the option's `type`, so a
-    bad environment value fails like a bad flag, in one line.
+    bad environment value fails like a bad flag, in one line. A None default (an optional path, say)
+    stays None unless the environment sets it.
     """
-    parser.add_argument(flag, default=env_default(flag.lstrip("-"), default), help=help, **kwargs)
+    value = env_default(flag.lstrip("-"), default or "")
+    parser.add_argument(flag, default=value if value or default is not None else None, help=help, **kwargs)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from segstream.server.config import env_default
+from segstream.server.config import env_default, env_option
 from segstream.server.gpu_options import ARENA_EXTENDS, CONV_SEARCHES, GpuOptions, parse_buckets, parse_bytes
 
 _TRUE = ("1", "true", "yes", "on")
@@ -33,12 +33,13 @@ def _arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
 def add_gpu_arguments(p: argparse.ArgumentParser) -> None:
     """Adds the GPU flags to segstream-server's parser."""
     g = p.add_argument_group("GPU (CUDA and TensorRT providers)")
-    g.add_argument(
+    env_option(
+        g,
         "--gpu",
+        "0",
+        "CUDA device id the CUDA and TensorRT providers and the bound input buffers use (default 0)",
         type=int,
-        default=int(env_default("gpu", "0")),
         metavar="N",
-        help="CUDA device id the CUDA and TensorRT providers and the bound input buffers use (default 0)",
     )
     g.add_argument(
         "--cuda-conv-search",
@@ -97,20 +98,22 @@ def add_gpu_arguments(p: argparse.ArgumentParser) -> None:
         default=_env_flag("trt-fp16"),
         help="let TensorRT build float16 engines (--device tensorrt)",
     )
-    g.add_argument(
+    env_option(
+        g,
         "--trt-cache-dir",
+        None,
+        "keep TensorRT engines and its timing cache in DIR so restarts skip the build (--device tensorrt)",
         type=Path,
-        default=env_default("trt-cache-dir", "") or None,
         metavar="DIR",
-        help="keep TensorRT engines and its timing cache in DIR so restarts skip the build (--device tensorrt)",
     )
-    g.add_argument(
+    env_option(
+        g,
         "--sessions-per-head",
-        type=int,
-        default=int(env_default("sessions-per-head", "0")),
-        metavar="N",
-        help="ONNX Runtime sessions per model head (default 0: one per inference worker with TensorRT or "
+        "0",
+        "ONNX Runtime sessions per model head (default 0: one per inference worker with TensorRT or "
         "--cuda-graph, whose sessions run one batch at a time, else one; always one on the CPU)",
+        type=int,
+        metavar="N",
     )
 
 
