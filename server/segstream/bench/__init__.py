@@ -11,5 +11,6 @@ One run measures, on the same model file, inference size, execution provider and
 The ratios served/raw and served/pipeline say what serving costs. Modules: `frames` (the test
 frames), `served` (server process and stream load), `inprocess` (raw and pipeline loops),
 `cpu` (who kept the cores busy during each phase), `report` (statistics, ratios, table, JSON),
-`cli` (the command line).
+`options` (the argument parser and its checks), `run` (one run: server, in-process loops, report),
+`cli` (the command line's entry point).
 """
