@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from segstream.client._cli_support import CliError
+from segstream.client._security import read_token_file
 
 TOKEN_ENV = "SEGSTREAM_TOKEN"
 
@@ -78,12 +79,6 @@ def security_kwargs(args: argparse.Namespace) -> SecurityKwargs:
 
 def _read_token(path: Path) -> str:
     try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
-        raise CliError(f"--token-file {path}: cannot read it ({reason})") from None
-    for line in text.splitlines():
-        token = line.strip()
-        if token and not token.startswith("#"):
-            return token
-    raise CliError(f"--token-file {path}: no token in it")
+        return read_token_file(path)
+    except ValueError as exc:
+        raise CliError(f"--token-file {path}: {exc}") from None

@@ -85,3 +85,17 @@ def auth_metadata(token: str | None) -> Metadata | None:
         # Never echo the token, not even a bad one.
         raise ValueError("token must be non-empty printable ASCII without spaces")
     return (("authorization", f"Bearer {token}"),)
+
+
+def read_token_file(path: Path) -> str:
+    """The first token in a token file (blank lines and # comments skipped); ValueError says why not."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
+        raise ValueError(f"cannot read it ({reason})") from None
+    for line in text.splitlines():
+        token = line.strip()
+        if token and not token.startswith("#"):
+            return token
+    raise ValueError("no token in it")

@@ -20,6 +20,7 @@ from segstream.client._options import (
     OutputName,
     ResolutionName,
 )
+from segstream.client._security import read_token_file
 from segstream.client.codec import WireEncoding
 
 InputType = Literal["raw", "compressed"]
@@ -212,15 +213,9 @@ PARAMETERS: tuple[Parameter, ...] = parameters()
 
 def _read_token(path: Path) -> str:
     try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
-        raise ValueError(f"parameter token_file {path}: cannot read it ({reason})") from None
-    for line in text.splitlines():
-        token = line.strip()
-        if token and not token.startswith("#"):
-            return token
-    raise ValueError(f"parameter token_file {path}: no token in it")
+        return read_token_file(path)
+    except ValueError as exc:
+        raise ValueError(f"parameter token_file {path}: {exc}") from None
 
 
 def settings_from_parameters(values: Mapping[str, object], environ: Mapping[str, str] | None = None) -> BridgeSettings:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from segstream.client.codec import DEFAULT_MAX_PIXELS
 from segstream.server.gpu_options import GpuOptions
+from segstream.server.ranges import check_range
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "tensorrt")
@@ -139,8 +140,7 @@ class ServerConfig:
 
 
 def _check_range(flag: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{flag} {value}: must be between {low} and {high}")
+    check_range(flag, value, low, high, ConfigError)
 
 
 def env_default(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from segstream.server.ranges import check_range
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
@@ -61,14 +63,14 @@ class GpuOptions:
 
     def check(self, device: str) -> None:
         """Raises ValueError saying which flag to change when the settings cannot work on `device`."""
-        _check_range("--gpu", self.device_id, 0, MAX_DEVICE_ID)
+        check_range("--gpu", self.device_id, 0, MAX_DEVICE_ID)
         if self.conv_search not in CONV_SEARCHES:
             raise ValueError(f"--cuda-conv-search {self.conv_search!r}: choose one of {', '.join(CONV_SEARCHES)}")
         if self.arena_extend not in ARENA_EXTENDS:
             raise ValueError(f"--arena-extend-strategy {self.arena_extend!r}: choose one of {', '.join(ARENA_EXTENDS)}")
         if self.mem_limit < 0:
             raise ValueError(f"--gpu-mem-limit {self.mem_limit}: must be 0 (no limit) or a number of bytes")
-        _check_range("--sessions-per-head", self.sessions_per_head, 0, MAX_SESSIONS)
+        check_range("--sessions-per-head", self.sessions_per_head, 0, MAX_SESSIONS)
         check_buckets(self.buckets)
         if self.trt_cache_dir is not None and self.trt_cache_dir.exists() and not self.trt_cache_dir.is_dir():
             raise ValueError(f"--trt-cache-dir {self.trt_cache_dir}: exists and is not a directory")
@@ -91,11 +93,6 @@ class GpuOptions:
     def trt_float16(self) -> bool:
         """TensorRT builds float16 engines from the float32 graph: --fp16 means that there too."""
         return self.trt_fp16 or self.fp16
-
-
-def _check_range(flag: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise ValueError(f"{flag} {value}: must be between {low} and {high}")
 
 
 _BUCKET = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
