@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn
 
 import cv2
 
@@ -23,15 +22,9 @@ from segstream.client._cli_webcam import run_webcam
 from segstream.client._errors import SegstreamError
 from segstream.client._sources import DEFAULT_REOPEN
 from segstream.client._sync_client import SegmentationClient
+from segstream.client.argparsing import OneLineParser
 
 _DEFAULT_TIMEOUT_S = 10.0
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is reported in the same single line as any other error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -56,7 +49,7 @@ def _seconds(text: str) -> float:
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The command-line parser; `environ` supplies SEGSTREAM_SERVER's default."""
-    parser = _Parser(prog=PROG, description="Segment video with a segstream server.")
+    parser = OneLineParser(prog=PROG, description="Segment video with a segstream server.")
     defaults = {
         "server": environ.get("SEGSTREAM_SERVER", DEFAULT_TARGET),
         "model": "",
@@ -170,11 +163,11 @@ def _add_global_options(parser: argparse.ArgumentParser, defaults: Mapping[str, 
 
 
 def _command(
-    commands: argparse._SubParsersAction[_Parser],
+    commands: argparse._SubParsersAction[OneLineParser],
     name: str,
     handler: Callable[[argparse.Namespace], int],
     help_text: str,
-) -> _Parser:
+) -> OneLineParser:
     sub = commands.add_parser(name, help=help_text, description=help_text)
     sub.set_defaults(handler=handler)
     _add_global_options(sub, None)
@@ -215,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(os.environ)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a bad command line already reported by _Parser.error
+    except SystemExit as exc:  # --help, or a bad command line already reported by OneLineParser.error
         return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(levelname)s: %(message)s")
     # OpenCV logs its own warnings (a file it cannot open); our error line says it better.

@@ -15,11 +15,11 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
 
 from segstream.client import SegstreamError
 from segstream.client._cli_security import add_security_options, security_kwargs
 from segstream.client._cli_support import CliError
+from segstream.client.argparsing import OneLineParser
 from segstream.evaluation._coco import DatasetError, load_dataset
 from segstream.evaluation._evaluate import TorchvisionResult, ZooResult, evaluate_torchvision, evaluate_zoo
 from segstream.evaluation._predictors import (
@@ -34,12 +34,6 @@ from segstream.evaluation._report import Report, format_text, to_json
 PROG = "segstream-eval"
 PROTOCOLS = ("torchvision", "zoo", "both")
 _RULE = "#" * 72
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _count(text: str) -> int:
@@ -70,7 +64,7 @@ def _seconds(text: str) -> float:
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description=(
             "Mean IoU and pixel accuracy of a segmentation model on a COCO-format dataset (images and an "

@@ -7,10 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import onnx
 
+from segstream.client.argparsing import OneLineParser
 from segstream.models.build import ARCHS, WARNING_TEXT, build_fcn
 from segstream.models.catalog import MODELS, UnknownModelError, find_by_sha256, get_model
 from segstream.models.export import ExportError, export_torchvision
@@ -24,12 +24,6 @@ REFERENCE_SIZE = 520
 
 class _UsageError(Exception):
     """Bad command-line input: reported on one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse prints the usage block and exits; the tool's contract is a single error line.
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 def default_model_dir() -> Path:
@@ -68,8 +62,8 @@ def _positive(text: str) -> float:
     return value
 
 
-def _parser() -> _Parser:
-    parser = _Parser(prog=PROG, description="Fetch, build, export and inspect segstream's FCN models.")
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Fetch, build, export and inspect segstream's FCN models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     names = ", ".join(MODELS)
 

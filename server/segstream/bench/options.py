@@ -10,7 +10,9 @@ from typing import Any, cast
 
 from segstream.bench.frames import HEIGHT, WIDTH
 from segstream.client import StreamOptions
+from segstream.client.argparsing import OneLineParser
 from segstream.server.config import DEVICES, Device, ModelSpec
+from segstream.server.ranges import check_range
 
 PROG = "segstream-bench"
 ARCHS = ("resnet50", "resnet101", "tiny")
@@ -21,19 +23,13 @@ class UsageError(ValueError):
     """A bad option; the message says which and how to fix it."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # One line, no usage dump.
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "segstream" / "models"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description="Benchmark segstream: N concurrent streams of M JPEG frames (640x480 unless "
         "--frame-size) through a real segstream-server, then, on the same model, size, provider and threads, "
@@ -197,8 +193,7 @@ class BenchConfig:
 
 
 def _check_range(flag: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise UsageError(f"{flag} {value:g}: must be between {low:g} and {high:g}")
+    check_range(flag, value, low, high, UsageError)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from segstream.client.argparsing import OneLineParser
 from segstream.server.config import DEVICES, ConfigError, ModelSpec, ServerConfig, env_default, env_option
 from segstream.server.engine import EngineError
 from segstream.server.gpu_cli import add_gpu_arguments, gpu_options_from_args
@@ -18,14 +19,8 @@ from segstream.server.logs import configure_logging
 log = logging.getLogger("segstream.server")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # One line, no usage dump: scripts and people both read it.
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="segstream-server",
         description="Serve FCN semantic segmentation of live video over gRPC (segstream.v1.Segmentation). "
         "Every option can also be set as SEGSTREAM_<OPTION> in the environment (e.g. SEGSTREAM_PORT).",
