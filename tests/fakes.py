@@ -23,12 +23,14 @@ class GatedModel:
         self.gate = threading.Event()
         self.gate.set()
         self.runs = 0
+        self.threads: set[str] = set()
         self.fail_when_mean_below: float | None = None
 
     def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
         if not self.gate.wait(timeout=30):
             raise TimeoutError("gate never opened")
         self.runs += 1
+        self.threads.add(threading.current_thread().name)
         if self.fail_when_mean_below is not None and any(f.mean() < self.fail_when_mean_below for f in frames):
             raise RuntimeError("simulated device failure")
         n = len(frames)

@@ -302,8 +302,7 @@ def test_cpu_keeps_one_session_and_binds_host_memory(tiny_model: Path) -> None:
     model = OrtModel(ModelSpec("tiny", tiny_model), device="cpu", threads=1, gpu=GpuOptions(sessions_per_head=4))
     assert model.provider == CPU and model.sessions_per_head == 1 and not model.cuda_graphs
     frame = np.full((64, 96, 3), 100, np.uint8)
-    model.warm_up("out", [frame, frame], (64, 96))
-    assert model.frames_devices() == set()  # warm-up leaves no binding behind
+    assert model.frames_devices() == set()
     first = _copy(model.run("out", [frame], (48, 72)))
     assert first.labels.shape == (1, 48, 72)
     assert model.frames_devices() == {"cpu"}
@@ -316,18 +315,22 @@ def test_fp16_on_auto_without_gpu_serves_float32(tiny_model: Path) -> None:
     assert model.provider == CPU and not model.float16
 
 
-async def test_warm_up_runs_every_head_and_bucket(tiny_model: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_warm_up_runs_every_head_and_bucket_on_every_worker(tiny_model: Path, workers: int) -> None:
     model = GatedModel()
     config = ServerConfig(
         models=(ModelSpec("gated", tiny_model),),
         host="127.0.0.1",
         port=0,
+        workers=workers,
         gpu=GpuOptions(buckets=((64, 80), (80, 64), (64, 64))),
     )
     server = SegstreamServer(config, models={"gated": model})
     await server.start()
     try:
-        assert model.runs == len(model.heads) * 3
+        # Each worker owns its bindings (and, on a GPU, its session), so each warms up its own.
+        assert model.runs == len(model.heads) * 3 * workers
+        assert model.threads == {f"segstream-infer-{i}" for i in range(workers)}
     finally:
         await server.stop(grace=1.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -103,7 +104,6 @@ class SegstreamServer:
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._decode_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="segstream-decode")
-        self._infer_pool: ThreadPoolExecutor | None = None
         self.pipeline = Pipeline(
             {},
             config.default_model,
@@ -158,10 +158,8 @@ class SegstreamServer:
         workers = worker_count(self.config, models)
         # As many live frames as the workers can run in full batches; more would only queue.
         self.service.live_admission = asyncio.Semaphore(workers * self.config.max_batch)
-        self._infer_pool = ThreadPoolExecutor(workers, thread_name_prefix="segstream-infer")
         batcher = Batcher(
             self.pipeline.run_batch,
-            self._infer_pool,
             workers,
             self.config.max_batch,
             self.config.max_delay_ms / 1e3,
@@ -177,21 +175,19 @@ class SegstreamServer:
 
     async def _warm_up(self) -> None:
         # The first run of each head allocates ONNX Runtime's arenas (and on a GPU picks kernels);
-        # doing it here keeps that cost out of the first client's latency.
-        # Every bucket and every session of a head gets its run (a GPU picks kernels per shape and
-        # TensorRT builds its engine per session), at the largest batch too where it batches.
-        from segstream.server.ort_model import warm_up
-
+        # doing it here keeps that cost out of the first client's latency. Every worker runs every
+        # bucket itself, at the largest batch too where it batches: each worker owns its bindings
+        # (buffers, CUDA graphs) and its session (TensorRT builds its engine per session).
         shapes = self.config.gpu.buckets or (inference_shape(480, 640, self.config.size),)
-        loop = asyncio.get_running_loop()
-        assert self._infer_pool is not None
+        batcher = self.pipeline.batcher
+        assert batcher is not None
         for name, model in self.pipeline.models.items():
             batches = sorted({1, self.config.max_batch if model.provider != CPU else 1})
             for head in model.heads:
                 for height, width in shapes:
                     for n in batches:
                         frames = [np.zeros((height, width, 3), np.uint8)] * n
-                        await loop.run_in_executor(self._infer_pool, warm_up, model, head, frames, (480, 640))
+                        await batcher.on_each_worker(functools.partial(model.run, head, frames, (480, 640)))
                     log.info("warmed up %s/%s at %dx%d", name, head, width, height)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
@@ -229,8 +225,6 @@ class SegstreamServer:
         self.metrics.close()
         if self.pipeline.batcher is not None:
             await self.pipeline.batcher.close()
-        if self._infer_pool is not None:
-            self._infer_pool.shutdown(wait=True, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         for model in self.pipeline.models.values():
             model.close()

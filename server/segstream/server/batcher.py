@@ -1,29 +1,50 @@
 """Collects frames of the same model, head and shape from all streams into batches for the workers.
 
 A batch closes when it holds `max_batch` frames or its oldest frame has waited `max_delay`.
-At most `workers` batches run at once, so frames queue here (bounded by the streams' own windows)
-rather than inside the thread pool, where they could no longer be cancelled or batched.
+The batcher owns its inference worker threads: a worker takes the next batch itself as soon as
+it is free, and frames are put in from any thread (the decode threads put them in directly), so
+a frame crosses no event loop between its decode and its inference. Frames queue here rather
+than inside a thread pool, where they could no longer be withdrawn or batched; the queue is
+bounded by the streams' own windows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import logging
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Runs one batch in a worker thread: the items' payloads in, one result (or exception) per item out.
 BatchRunner = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
+# Receives, in the worker thread, one item's result (or exception) and the seconds it queued.
+Deliver = Callable[[Any, float], None]
 
 
-@dataclass
+class Ticket:
+    """A frame's place in the batcher; withdrawing it before its batch forms means it never runs."""
+
+    __slots__ = ("withdrawn",)
+
+    def __init__(self) -> None:
+        # Written by the event loop, read by the workers: a plain flag, set once, never reset.
+        self.withdrawn = False
+
+
+@dataclass(eq=False)
 class _Job:
     payload: Any
-    future: asyncio.Future[Any]
+    deliver: Deliver
+    ticket: Ticket
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -31,107 +52,183 @@ class Batcher:
     def __init__(
         self,
         runner: BatchRunner,
-        executor: Executor,
         workers: int,
         max_batch: int = 1,
         max_delay_s: float = 0.0,
+        name: str = "segstream-infer",
     ) -> None:
         self._runner = runner
-        self._executor = executor
         self._max_batch = max_batch
         self._max_delay = max_delay_s
-        self._slots = asyncio.Semaphore(workers)
+        self._cond = threading.Condition()
         self._pending: OrderedDict[Hashable, deque[_Job]] = OrderedDict()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Future[Any]] = set()
+        # Work that must run on one particular worker thread (warm-up of its own bindings).
+        self._chores: list[deque[Callable[[], None]]] = [deque() for _ in range(workers)]
+        self._closing = False
+        self._threads = [
+            threading.Thread(target=self._work, args=(i,), name=f"{name}-{i}", daemon=True) for i in range(workers)
+        ]
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._collect(), name="segstream-batcher")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for jobs in self._pending.values():
-            for job in jobs:
-                job.future.cancel()
-        self._pending.clear()
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queued(self) -> int:
-        return sum(len(jobs) for jobs in self._pending.values())
+        with self._cond:
+            return sum(len(jobs) for jobs in self._pending.values())
+
+    def put(self, key: Hashable, payload: Any, deliver: Deliver, ticket: Ticket | None = None) -> Ticket:
+        """Queues `payload` for a batch of its key; any thread may call it.
+
+        `deliver` is called exactly once, in a worker thread (or here, when the batcher is closed),
+        unless the ticket was withdrawn before the frame ran.
+        """
+        job = _Job(payload, deliver, ticket or Ticket())
+        with self._cond:
+            if self._closing:
+                closed = True
+            else:
+                closed = False
+                self._pending.setdefault(key, deque()).append(job)
+                self._cond.notify_all()
+        if closed:
+            _call(deliver, asyncio.CancelledError("the server is shutting down"), 0.0)
+        return job.ticket
 
     async def submit(self, key: Hashable, payload: Any) -> tuple[Any, float]:
-        """Runs `payload` in a batch with others of the same key; returns (result, seconds queued).
+        """`put` for a caller on an event loop: returns (result, seconds queued) or raises the item's error.
 
         Cancelling the caller withdraws a frame that has not started yet.
         """
-        job = _Job(payload, asyncio.get_running_loop().create_future())
-        self._pending.setdefault(key, deque()).append(job)
-        self._wakeup.set()
-        result: tuple[Any, float] = await job.future
-        return result
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, float]] = loop.create_future()
+        ticket = self.put(key, payload, settle_from_thread(loop, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            ticket.withdrawn = True
+            raise
 
-    async def _collect(self) -> None:
-        while True:
-            await self._slots.acquire()
-            try:
-                key, jobs = await self._next_batch()
-            except BaseException:
-                self._slots.release()
-                raise
-            if not jobs:
-                self._slots.release()
+    async def on_each_worker(self, chore: Callable[[], T]) -> list[T]:
+        """Runs `chore` once on every worker thread, between batches; returns their results."""
+        futures: list[Future[T]] = []
+        with self._cond:
+            for chores in self._chores:
+                future: Future[T] = Future()
+                chores.append(_bind(chore, future))
+                futures.append(future)
+            self._cond.notify_all()
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+
+    async def close(self) -> None:
+        """Cancels what is still queued, lets running batches finish, and stops the workers."""
+        with self._cond:
+            self._closing = True
+            jobs = [job for queue in self._pending.values() for job in queue]
+            self._pending.clear()
+            self._cond.notify_all()
+        for job in jobs:
+            _call(job.deliver, asyncio.CancelledError("the server is shutting down"), 0.0)
+        started = [t for t in self._threads if t.ident is not None]
+        if started:
+            await asyncio.get_running_loop().run_in_executor(None, _join, started)
+
+    def _work(self, index: int) -> None:
+        while (item := self._next(index)) is not None:
+            if callable(item):
+                item()
                 continue
+            key, jobs = item
             started = time.perf_counter()
-            waits = [started - job.enqueued for job in jobs]
-            run = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._runner, key, [job.payload for job in jobs]
-            )
-            self._running.add(run)
-            run.add_done_callback(functools.partial(self._deliver, jobs=jobs, waits=waits))
-
-    async def _next_batch(self) -> tuple[Hashable, list[_Job]]:
-        while not self._pending:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        # Oldest key first keeps streams fair: every key reached the dict in arrival order.
-        key = next(iter(self._pending))
-        queue = self._pending[key]
-        deadline = queue[0].enqueued + self._max_delay
-        while len(queue) < self._max_batch and (remaining := deadline - time.perf_counter()) > 0:
-            self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                break
-        jobs: list[_Job] = []
-        while queue and len(jobs) < self._max_batch:
-            job = queue.popleft()
-            if not job.future.done():  # a cancelled stream withdrew it
-                jobs.append(job)
-        if not queue:
-            del self._pending[key]
-        else:
-            self._pending.move_to_end(key)
-        return key, jobs
+                results: Sequence[Any] = self._runner(key, [job.payload for job in jobs])
+                if len(results) != len(jobs):
+                    raise RuntimeError(f"batch runner returned {len(results)} results for {len(jobs)} items")
+            except Exception as exc:
+                results = [exc] * len(jobs)
+            for job, result in zip(jobs, results, strict=True):
+                _call(job.deliver, result, started - job.enqueued)
 
-    def _deliver(self, run: asyncio.Future[Any], jobs: list[_Job], waits: list[float]) -> None:
-        self._running.discard(run)
-        self._slots.release()
-        if run.cancelled():
-            for job in jobs:
-                job.future.cancel()
-            return
-        error = run.exception()
-        results: Sequence[Any] = [error] * len(jobs) if error is not None else run.result()
-        for job, result, wait in zip(jobs, results, waits, strict=True):
-            if job.future.done():
-                continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result((result, wait))
+    def _next(self, index: int) -> Callable[[], None] | tuple[Hashable, list[_Job]] | None:
+        """The worker's next chore or batch, waiting for one; None once the batcher is closed."""
+        with self._cond:
+            while True:
+                if self._chores[index]:
+                    return self._chores[index].popleft()
+                if self._closing:
+                    return None
+                if not self._pending:
+                    self._cond.wait()
+                    continue
+                # Oldest key first keeps streams fair: every key reached the dict in arrival order.
+                key = next(iter(self._pending))
+                queue = self._pending[key]
+                while queue and queue[0].ticket.withdrawn:
+                    queue.popleft()
+                if not queue:
+                    del self._pending[key]
+                    continue
+                remaining = queue[0].enqueued + self._max_delay - time.perf_counter()
+                if len(queue) < self._max_batch and remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                jobs: list[_Job] = []
+                while queue and len(jobs) < self._max_batch:
+                    job = queue.popleft()
+                    if not job.ticket.withdrawn:  # a cancelled stream withdrew it
+                        jobs.append(job)
+                if not queue:
+                    del self._pending[key]
+                else:
+                    self._pending.move_to_end(key)
+                if jobs:
+                    return key, jobs
+
+
+def settle_from_thread(loop: asyncio.AbstractEventLoop, future: asyncio.Future[tuple[Any, float]]) -> Deliver:
+    """A `Deliver` that settles `future` on its own event loop, from whichever thread calls it."""
+
+    def deliver(result: Any, waited: float) -> None:
+        loop.call_soon_threadsafe(_settle, future, result, waited)
+
+    return deliver
+
+
+def _settle(future: asyncio.Future[tuple[Any, float]], result: Any, waited: float) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    if isinstance(result, asyncio.CancelledError):
+        future.cancel()
+    elif isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result((result, waited))
+
+
+def _call(deliver: Deliver, result: Any, waited: float) -> None:
+    # A worker thread must outlive any one frame: a callback that fails (its event loop already
+    # closed at shutdown, say) is logged, never raised.
+    try:
+        deliver(result, waited)
+    except Exception:
+        log.warning("a frame's result could not be delivered", exc_info=True)
+
+
+def _bind(chore: Callable[[], T], future: Future[T]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            future.set_result(chore())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    return run
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join()

@@ -29,7 +29,7 @@ import onnxruntime as ort
 from segstream.models.graph import is_synthetic
 from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, OUTPUT_SIZE, serving_graph
 from segstream.server.config import Device, ModelSpec
-from segstream.server.engine import HEADS, BatchResult, EngineError, Model, U8Array
+from segstream.server.engine import HEADS, BatchResult, EngineError, U8Array
 from segstream.server.gpu_options import CUDA, TENSORRT, GpuOptions, serializes_runs, session_count
 from segstream.server.providers import CPU, check_loaded, provider_list
 
@@ -191,16 +191,6 @@ class OrtModel:
         self._run(index, sessions[index], binding, frames)
         return binding.result
 
-    def warm_up(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> None:
-        """Runs every session of `head` once, so that each picks its kernels (or builds its TensorRT
-        engine) before the first client frame. Uses throwaway buffers and captures no CUDA graph."""
-        sessions = self._sessions.get(head)
-        if sessions is None:
-            raise EngineError(f"model {self._name} does not serve head {head!r} (heads: {list(self._heads)})")
-        shape = (len(frames), *frames[0].shape)
-        for index, session in enumerate(sessions):
-            self._run(index, session, self._new_binding(session, shape, output_size, None), frames)
-
     def frames_devices(self) -> set[str]:
         """Where the calling thread's bindings hold their `frames` input ('cuda' or 'cpu')."""
         cache: OrderedDict[tuple[Any, ...], _Binding] | None = getattr(self._local, "cache", None)
@@ -330,14 +320,6 @@ class OrtModel:
 
     def close(self) -> None:
         self._sessions.clear()
-
-
-def warm_up(model: Model, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> None:
-    """Runs `model` once on `frames`: every session of an OrtModel, a plain run of any other Model."""
-    if isinstance(model, OrtModel):
-        model.warm_up(head, frames, output_size)
-    else:
-        model.run(head, frames, output_size)
 
 
 def _serving_bytes(proto: onnx.ModelProto, head: str, float16: bool) -> bytes:

@@ -1,6 +1,7 @@
 """The transport-free core: one frame in, one SegmentResponse out.
 
-decode + preprocess (decode pool) -> batcher -> model + postprocess (inference worker) -> response.
+decode + resize (decode thread) -> batcher -> model + postprocess (inference worker) -> response.
+A frame crosses the event loop only twice: on its way to a decode thread and with its result.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, cast
 import grpc
 
 from segstream.client import codec
-from segstream.server.batcher import Batcher
+from segstream.server.batcher import Batcher, Deliver, Ticket, settle_from_thread
 from segstream.server.engine import EngineError, Model, U8Array
 from segstream.server.errors import InvalidConfigError, status_for
 from segstream.server.metrics import Metrics
@@ -113,20 +114,18 @@ class Pipeline:
         # Time between the frame's arrival and now was spent waiting (a LATEST stream's frame
         # waits for a place in the engine): it counts as queueing, not decoding.
         started = time.perf_counter()
+        future: asyncio.Future[tuple[Any, float]] = loop.create_future()
+        ticket = Ticket()
         try:
-            rgb, resized = await loop.run_in_executor(self._decode_pool, self._prepare, frame)
-            response.inference_width, response.inference_height = resized.shape[1], resized.shape[0]
-            timings.decode_ms = (time.perf_counter() - started) * 1e3
-            image = rgb if settings.spec.resolution == pb.OUTPUT_RESOLUTION_FRAME else resized
-            work = _Work(resized, image, settings.spec, response)
-            # Frames batch together when they share model, head, inference and output shape.
-            key = (settings.model, settings.head, resized.shape, image.shape[:2])
-            (inference_s, post_s), queued_s = await self.batcher.submit(key, work)
+            deliver = settle_from_thread(loop, future)
+            self._decode_pool.submit(self._prepare_and_queue, frame, settings, response, started, ticket, deliver)
+            (inference_s, post_s), queued_s = await future
             timings.queue_ms = (started - received + queued_s) * 1e3
             timings.inference_ms = inference_s * 1e3
             timings.postprocess_ms = post_s * 1e3
             self.engine_failures = 0
         except asyncio.CancelledError:
+            ticket.withdrawn = True
             raise
         except Exception as exc:
             code, message = status_for(exc)
@@ -144,9 +143,33 @@ class Pipeline:
         metrics.frame_done(settings.model, response)
         return response
 
-    def _prepare(self, frame: pb.Frame) -> tuple[U8Array, U8Array]:
-        rgb = codec.decode_frame(frame, self._max_pixels)
-        return rgb, resize_rgb(rgb, snap_to_bucket(rgb.shape[0], rgb.shape[1], self._size, self.buckets))
+    def _prepare_and_queue(
+        self,
+        frame: pb.Frame,
+        settings: StreamSettings,
+        response: pb.SegmentResponse,
+        started: float,
+        ticket: Ticket,
+        deliver: Deliver,
+    ) -> None:
+        """Runs in a decode thread: decodes and resizes the frame, then queues it for a batch from here.
+
+        The response is this frame's alone until `deliver` is called, so filling it here is safe.
+        """
+        assert self.batcher is not None
+        if ticket.withdrawn:  # the stream ended while the frame waited for a decode thread
+            return
+        try:
+            rgb = codec.decode_frame(frame, self._max_pixels)
+            resized = resize_rgb(rgb, snap_to_bucket(rgb.shape[0], rgb.shape[1], self._size, self.buckets))
+            response.inference_width, response.inference_height = resized.shape[1], resized.shape[0]
+            response.timings.decode_ms = (time.perf_counter() - started) * 1e3
+            image = rgb if settings.spec.resolution == pb.OUTPUT_RESOLUTION_FRAME else resized
+            # Frames batch together when they share model, head, inference and output shape.
+            key = (settings.model, settings.head, resized.shape, image.shape[:2])
+            self.batcher.put(key, _Work(resized, image, settings.spec, response), deliver, ticket)
+        except Exception as exc:
+            deliver(exc, 0.0)
 
     def run_batch(self, key: Hashable, items: Sequence[_Work]) -> list[Any]:
         """Runs in an inference worker thread: the model on the batch, then each frame's postprocess."""
