@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
 from segstream.server.cli import build_parser, main
+from segstream.server.event_loop import EventLoopUnavailable, loop_factory
 
 
 def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,3 +66,33 @@ def test_explicit_gpu_device_without_gpu_is_a_clear_startup_error(
     code = main(["--model", str(tiny_model), "--device", "cuda", "--port", "0", "--host", "127.0.0.1"])
     assert code == 1
     assert "asked for CUDAExecutionProvider" in capsys.readouterr().err
+
+
+# --- the event loop -----------------------------------------------------------------------------
+
+
+def test_auto_event_loop_takes_uvloop_where_installed() -> None:
+    pytest.importorskip("uvloop")
+    name, factory = loop_factory("auto")
+    loop = factory()
+    try:
+        assert name == "uvloop" and type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+
+
+def test_asyncio_event_loop_is_the_standard_one() -> None:
+    name, factory = loop_factory("asyncio")
+    loop = factory()
+    try:
+        assert name == "asyncio" and isinstance(loop, asyncio.BaseEventLoop)
+    finally:
+        loop.close()
+
+
+def test_uvloop_asked_for_but_missing_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "uvloop" else real_find_spec(name))
+    assert loop_factory("auto")[0] == "asyncio"
+    with pytest.raises(EventLoopUnavailable, match="uvloop is not installed"):
+        loop_factory("uvloop")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from segstream.server.admission import LiveAdmission
 from segstream.server.streams import latest, ordered
 from segstream.v1 import segmentation_pb2 as pb
 
@@ -92,7 +93,7 @@ async def test_live_streams_share_engine_places_and_take_fresh_frames() -> None:
         ages.append(time.perf_counter() - received)
         return await process(frame, received)
 
-    admission = asyncio.Semaphore(1)
+    admission = LiveAdmission(1)
 
     async def run() -> list[pb.SegmentResponse]:
         return [r async for r in latest(frames(40, delay=0.003), timed, None, admission)]

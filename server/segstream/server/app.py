@@ -14,6 +14,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from segstream.server.admission import LiveAdmission
 from segstream.server.batcher import Batcher
 from segstream.server.config import ServerConfig
 from segstream.server.engine import Model
@@ -157,7 +158,7 @@ class SegstreamServer:
             log.info("metrics on http://%s:%d/metrics", self.config.host, bound)
         workers = worker_count(self.config, models)
         # As many live frames as the workers can run in full batches; more would only queue.
-        self.service.live_admission = asyncio.Semaphore(workers * self.config.max_batch)
+        self.service.live_admission = LiveAdmission(workers * self.config.max_batch)
         batcher = Batcher(
             self.pipeline.run_batch,
             workers,

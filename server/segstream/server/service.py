@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from segstream.client.palette import VOC_CLASSES, voc_palette
+from segstream.server.admission import LiveAdmission
 from segstream.server.errors import (
     InvalidConfigError,
     NotReadyError,
@@ -53,7 +54,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         # Places in the engine for LATEST streams' frames; sized once the engine is known.
-        self.live_admission = asyncio.Semaphore(1)
+        self.live_admission = LiveAdmission(1)
 
     async def Segment(
         self, requests: AsyncIterator[pb.SegmentRequest], context: grpc.aio.ServicerContext[Any, Any]

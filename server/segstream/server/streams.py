@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from segstream.server.admission import LiveAdmission
 from segstream.server.errors import IdleStreamError
 from segstream.v1 import segmentation_pb2 as pb
 
@@ -57,7 +58,7 @@ async def latest(
     frames: AsyncIterator[pb.Frame],
     process: Process,
     on_drop: Callable[[], None] | None = None,
-    admission: asyncio.Semaphore | None = None,
+    admission: LiveAdmission | None = None,
 ) -> AsyncIterator[pb.SegmentResponse]:
     """Newest frame wins.
 
@@ -66,11 +67,15 @@ async def latest(
     in the stream (where a newer one replaces them) rather than in the engine's queue, where they
     would only grow old: latency stays near one inference however many live streams share it.
     """
-    places = admission or asyncio.Semaphore(1)
+    places = admission or LiveAdmission(1)
+    me = object()  # this stream, to the admission
     waiting: tuple[pb.Frame, float] | None = None
     dropped = 0
     reading_done = False
     arrived = asyncio.Event()
+
+    def waiting_since() -> float:
+        return waiting[1] if waiting is not None else 0.0
 
     async def read() -> None:
         nonlocal waiting, dropped, reading_done
@@ -96,15 +101,19 @@ async def latest(
                 arrived.clear()
                 await arrived.wait()
                 continue
-            async with places:
+            await places.acquire(me, waiting_since)
+            try:
                 if waiting is None:  # only this loop takes frames, but stay safe
                     continue
                 (frame, received), waiting = waiting, None
                 response = await process(frame, received)
+            finally:
+                places.release()
             response.dropped_frames = dropped
             yield response
         await reader
     finally:
+        places.forget(me)
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader
