@@ -52,6 +52,7 @@ async def test_list_models_describes_what_is_served(
     assert tuple(first.class_names) == VOC_CLASSES
     assert [(c.r, c.g, c.b) for c in first.palette] == [tuple(int(v) for v in rgb) for rgb in voc_palette()]
     assert first.inference_size == 96
+    assert not first.inference_shapes  # no shape buckets: the short side is resized, aspect kept
     assert first.execution_provider == "CPUExecutionProvider"
     assert list(first.heads) == [pb.HEAD_OUT, pb.HEAD_AUX]
     assert first.synthetic

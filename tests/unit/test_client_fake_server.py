@@ -114,6 +114,7 @@ class FakeSegmentation(segmentation_pb2_grpc.SegmentationServicer):
                     heads=[pb.HEAD_OUT, pb.HEAD_AUX],
                     synthetic=name == "random",
                     is_default=name == "fake",
+                    inference_shapes=[pb.InferenceShape(width=64, height=48)] if name == "random" else [],
                 )
                 for name in self.MODELS
             ]
@@ -422,6 +423,7 @@ def test_cli_models_and_wait(server: FakeServer, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "fake (default)" in out and "random SYNTHETIC" in out and "CPUExecutionProvider" in out
     assert "person" in out
+    assert "inference size 48" in out and "inference shapes 64x48" in out
     assert main(["wait", "--server", server.target, "--timeout", "2", "--model", "random"]) == 0
     assert "SERVING" in capsys.readouterr().out
     assert main(["wait", "--server", server.target, "--model", "nope"]) == 1

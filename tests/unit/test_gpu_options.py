@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from segstream.client import codec
+from segstream.client import ModelInfo, codec
 from segstream.models.build import build_fcn
 from segstream.models.serving import serving_graph
 from segstream.server.app import SegstreamServer
@@ -36,9 +36,10 @@ from segstream.server.ort_model import OrtModel
 from segstream.server.preprocess import inference_shape, snap_to_bucket
 from segstream.server.providers import nvidia_gpu_present
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.v1 import segmentation_pb2_grpc as pb_grpc
 from tests.conftest import ServerFactory
 from tests.fakes import GatedModel
-from tests.integration.grpc_helpers import segment
+from tests.integration.grpc_helpers import channel, segment
 
 BUCKETS = ((520, 693), (693, 520), (520, 520))
 
@@ -344,6 +345,10 @@ async def test_server_snaps_frames_to_buckets(server_factory: ServerFactory, sam
     ]
     async with server_factory(gpu=GpuOptions(buckets=((64, 80), (80, 64), (64, 64)))) as server:
         responses = await segment(server, pb.StreamConfig(), frames)
+        async with channel(server) as ch:
+            listed = await pb_grpc.SegmentationStub(ch).ListModels(pb.ListModelsRequest(), timeout=30)
+    # Clients learn the shapes frames snap to, as (width, height).
+    assert ModelInfo.from_proto(listed.models[0]).inference_shapes == ((80, 64), (64, 80), (64, 64))
     shapes = [(r.inference_height, r.inference_width) for r in responses]
     assert shapes == [(64, 80), (80, 64), (64, 64)]
     assert [codec.decode_mask(r.label_mask).shape for r in responses] == [(480, 640), (640, 480), (300, 300)]

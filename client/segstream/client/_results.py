@@ -152,6 +152,9 @@ class ModelInfo:
         heads: The heads it offers, "out" and/or "aux".
         synthetic: True when its weights are random: its masks are meaningless.
         is_default: True for the model an empty `StreamOptions.model` selects.
+        inference_shapes: (width, height) of each fixed network input shape (the server's shape
+            buckets); each frame is resized to the one closest to its aspect ratio. Empty: the
+            short side is resized to `inference_size`, aspect ratio kept.
     """
 
     name: str
@@ -162,6 +165,7 @@ class ModelInfo:
     heads: tuple[HeadName, ...]
     synthetic: bool
     is_default: bool
+    inference_shapes: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def from_proto(cls, info: pb.ModelInfo) -> ModelInfo:
@@ -176,4 +180,5 @@ class ModelInfo:
             heads=tuple(_HEAD_NAMES[h] for h in info.heads if h in _HEAD_NAMES),
             synthetic=info.synthetic,
             is_default=info.is_default,
+            inference_shapes=tuple((s.width, s.height) for s in info.inference_shapes),
         )

@@ -183,7 +183,9 @@ def _run_models(args: argparse.Namespace) -> int:
         flags += " SYNTHETIC: random weights, meaningless masks" if m.synthetic else ""
         print(f"{m.name}{flags}")
         provider = m.execution_provider or "unknown provider"
-        print(f"  {provider}, inference size {m.inference_size}, heads {','.join(m.heads) or '-'}")
+        shapes = ", ".join(f"{w}x{h}" for w, h in m.inference_shapes)
+        size = f"inference shapes {shapes}" if shapes else f"inference size {m.inference_size}"
+        print(f"  {provider}, {size}, heads {','.join(m.heads) or '-'}")
         print(f"  {len(m.class_names)} classes: {', '.join(m.class_names)}")
     if not models:
         print(f"server {args.server} serves no models")

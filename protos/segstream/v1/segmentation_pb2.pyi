@@ -242,7 +242,7 @@ class Color(_message.Message):
     def __init__(self, r: _Optional[int] = ..., g: _Optional[int] = ..., b: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "class_names", "palette", "inference_size", "execution_provider", "heads", "synthetic", "is_default")
+    __slots__ = ("name", "class_names", "palette", "inference_size", "execution_provider", "heads", "synthetic", "is_default", "inference_shapes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     PALETTE_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +251,7 @@ class ModelInfo(_message.Message):
     HEADS_FIELD_NUMBER: _ClassVar[int]
     SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_SHAPES_FIELD_NUMBER: _ClassVar[int]
     name: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     palette: _containers.RepeatedCompositeFieldContainer[Color]
@@ -259,7 +260,16 @@ class ModelInfo(_message.Message):
     heads: _containers.RepeatedScalarFieldContainer[Head]
     synthetic: bool
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., palette: _Optional[_Iterable[_Union[Color, _Mapping]]] = ..., inference_size: _Optional[int] = ..., execution_provider: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[Head, str]]] = ..., synthetic: _Optional[bool] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    inference_shapes: _containers.RepeatedCompositeFieldContainer[InferenceShape]
+    def __init__(self, name: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., palette: _Optional[_Iterable[_Union[Color, _Mapping]]] = ..., inference_size: _Optional[int] = ..., execution_provider: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[Head, str]]] = ..., synthetic: _Optional[bool] = ..., is_default: _Optional[bool] = ..., inference_shapes: _Optional[_Iterable[_Union[InferenceShape, _Mapping]]] = ...) -> None: ...
+
+class InferenceShape(_message.Message):
+    __slots__ = ("width", "height")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -144,6 +144,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                 heads=[_HEADS[h] for h in model.heads],
                 synthetic=model.synthetic,
                 is_default=name == self._pipeline.default_model,
+                inference_shapes=[pb.InferenceShape(width=w, height=h) for h, w in self._pipeline.buckets],
             )
         return response
 
