@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -276,3 +279,14 @@ def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.C
     assert report["pipeline_drift"] is not None
     assert report["server_peak_rss_mb"] > 0 and report["bench_peak_rss_mb"] > 0
     assert "served/pipeline" in err
+
+
+def test_transport_floor_script_times_a_bare_round_trip() -> None:
+    script = Path(__file__).resolve().parents[2] / "scripts" / "transport_floor.py"
+    argv = [sys.executable, str(script), "--pause-ms", "5", "--frames", "10", "--event-loop", "asyncio"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"measured pause ([\d.]+) ms, round trip above the pause ([\d.]+) ms", done.stdout)
+    assert match, done.stdout
+    pause, above = float(match[1]), float(match[2])
+    assert pause >= 5.0 and 0.0 < above < 50.0
