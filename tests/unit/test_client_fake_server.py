@@ -74,7 +74,10 @@ def _respond(frame: pb.Frame, config: pb.StreamConfig) -> pb.SegmentResponse:
 class FakeSegmentation(segmentation_pb2_grpc.SegmentationServicer):
     """Serves "fake" (default; refuses frame 3) and "random" (synthetic; answers every frame)."""
 
-    MODELS = ("fake", "random")
+    MODELS = ("fake", "random", "draining")
+    # The "draining" model ends every stream with UNAVAILABLE after this many answers, as a server
+    # that shuts down does: clients that reconnect get every frame answered over several streams.
+    DRAIN_AFTER = 5
 
     async def _check_model(self, config: pb.StreamConfig, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if config.model not in ("", *self.MODELS):
@@ -84,6 +87,7 @@ class FakeSegmentation(segmentation_pb2_grpc.SegmentationServicer):
         self, requests: AsyncIterator[pb.SegmentRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SegmentResponse]:
         config: pb.StreamConfig | None = None
+        answered = 0
         async for request in requests:
             if request.HasField("config"):
                 if config is not None:
@@ -91,6 +95,9 @@ class FakeSegmentation(segmentation_pb2_grpc.SegmentationServicer):
                 config = request.config
                 await self._check_model(config, context)
                 continue
+            if config is not None and config.model == "draining" and answered == self.DRAIN_AFTER:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: reconnect")
+            answered += 1
             yield _respond(request.frame, config or pb.StreamConfig())
 
     async def SegmentImage(
@@ -264,7 +271,7 @@ async def test_async_stream_from_async_and_sync_sources(server: FakeServer) -> N
         assert [r.frame_id for r in plain] == [0, 1, 2] and all(r.ok for r in plain)
         one = await c.segment(_frame(4), StreamOptions(outputs=("confidence",)), frame_id=9)
         assert one.frame_id == 9 and one.confidence == pytest.approx(0.75)
-        assert [m.name for m in await c.models()] == ["fake", "random"]
+        assert [m.name for m in await c.models()] == ["fake", "random", "draining"]
         await c.wait_ready(timeout=2)
 
 
@@ -306,7 +313,7 @@ def test_segment_models_and_wait_ready(server: FakeServer, client: SegmentationC
     assert (result.labels == 7).all() and result.overlay is not None
     refused = client.segment(_frame(1), frame_id=FAILING_FRAME)
     assert refused.error is not None and refused.error.code is grpc.StatusCode.INVALID_ARGUMENT
-    fake, random = client.models()
+    fake, random, _ = client.models()
     assert fake.is_default and not fake.synthetic and random.synthetic
     assert fake.palette.shape == (21, 3) and fake.palette.dtype == np.uint8
     assert fake.class_names[15] == "person" and fake.heads == ("out", "aux")
@@ -383,6 +390,20 @@ def test_cli_video_writes_every_frame_and_reports_the_failed_one(
     assert sorted(p.name for p in pngs.iterdir()) == [f"{i:06d}.png" for i in range(12) if i != FAILING_FRAME]
     mask = _read(pngs / "000007.png")
     assert mask.shape == (48, 64) and mask.dtype == np.uint8 and abs(int(np.median(mask)) - 7) <= 1
+
+
+def test_cli_video_reconnects_and_loses_no_frame(
+    server: FakeServer, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, pngs = tmp_path / "out.mp4", tmp_path / "png"
+    argv = ["--server", server.target, "--model", "draining", "video", str(video), "--out", str(out)]
+    assert main([*argv, "--png-dir", str(pngs), "--no-progress"]) == 0
+    assert "12 frames, 0 failed" in capsys.readouterr().out
+    # 12 frames over three streams of at most five answers each, every one written once.
+    assert sorted(p.name for p in pngs.iterdir()) == [f"{i:06d}.png" for i in range(12)]
+    assert _count_frames(out) == 12
+    assert main([*argv, "--no-reconnect", "--no-progress"]) == 1
+    assert "UNAVAILABLE" in _one_error_line(capsys.readouterr().err)
 
 
 def test_cli_video_warns_about_a_synthetic_model(

@@ -26,6 +26,7 @@ from segstream.client._cli_support import (
     summary,
 )
 from segstream.client._options import OutputName, StreamOptions
+from segstream.client._reconnect import Reconnect
 from segstream.client._results import SegmentResult
 from segstream.client._sync_client import SegmentationClient
 from segstream.client.codec import U8Array, as_u8
@@ -147,7 +148,9 @@ def _stream_video(
 
     shown = time.monotonic()
     with tqdm(total=total, unit="frame", disable=args.no_progress, dynamic_ncols=True) as bar:
-        for result in client.stream(remember(), options):
+        # An ORDERED stream that reconnects sends its unanswered frames again: the output stays complete.
+        reconnect = Reconnect() if args.reconnect else None
+        for result in client.stream(remember(), options, reconnect=reconnect):
             original = pending.pop(result.frame_id, None)
             if original is None:  # not a frame of ours: nothing to write it over
                 continue

@@ -73,6 +73,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     video.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
     video.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    _add_reconnect(video, "and send the unanswered frames again, so that no frame is lost")
 
     webcam = _command(commands, "webcam", run_webcam, "live view of a camera, stream URL or file; newest frame wins")
     webcam.add_argument(
@@ -84,13 +85,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     webcam.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after reading N frames")
     webcam.add_argument("--loop", action="store_true", help="start a video file again at its end (files only)")
-    webcam.add_argument(
-        "--reconnect",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="when the server drains, restarts or cannot be reached, reconnect with backoff (0.1 s doubling"
-        " to 5 s) and go on; --no-reconnect ends with an error instead (default: reconnect)",
-    )
+    _add_reconnect(webcam, "and go on with the newest frames")
     webcam.add_argument(
         "--reopen-attempts",
         type=_positive_int,
@@ -159,6 +154,16 @@ def _add_global_options(parser: argparse.ArgumentParser, defaults: Mapping[str, 
             "seconds to wait for the server on single calls and for `wait`;"
             f" streams have no deadline (default {_DEFAULT_TIMEOUT_S:g})"
         ),
+    )
+
+
+def _add_reconnect(parser: argparse.ArgumentParser, what_then: str) -> None:
+    parser.add_argument(
+        "--reconnect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when the server drains, restarts or cannot be reached, reconnect with backoff (0.1 s doubling"
+        f" to 5 s) {what_then}; --no-reconnect ends with an error instead (default: reconnect)",
     )
 
 
