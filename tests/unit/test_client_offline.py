@@ -32,6 +32,7 @@ from segstream.client._frames import FrameEncoder, SendLog
 from segstream.client.cli import build_parser, main
 from segstream.client.codec import decode_frame, encode_image, encode_mask
 from segstream.v1 import segmentation_pb2 as pb
+from tests.cli_help import assert_every_option_documented
 
 
 def test_public_names_are_sorted_and_pinned() -> None:
@@ -213,6 +214,10 @@ def test_help_mentions_every_option(command: str, capsys: pytest.CaptureFixture[
     text = capsys.readouterr().out
     for option in [*_OPTIONS[command], *_GLOBAL]:
         assert option in text, option
+
+
+def test_every_option_of_every_command_is_documented() -> None:
+    assert_every_option_documented(build_parser({}))
 
 
 def test_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:

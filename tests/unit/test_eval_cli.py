@@ -19,9 +19,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from segstream.evaluation.cli import main
+from segstream.evaluation.cli import build_parser, main
 from segstream.server.config import ModelSpec
 from segstream.server.preprocess import MEAN, STD
+from tests.cli_help import assert_every_option_documented
 from tests.conftest import ServerFactory
 from tests.unit.test_eval_protocols import (
     EXPECTED_MATRIX,
@@ -197,3 +198,7 @@ async def test_a_frame_the_server_refuses_stops_the_run(
     captured = capsys.readouterr()
     assert "could not segment image #1" in captured.err and "40 pixels" in captured.err
     assert captured.out == ""
+
+
+def test_every_option_is_documented() -> None:
+    assert_every_option_documented(build_parser({}))

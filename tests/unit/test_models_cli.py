@@ -10,8 +10,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from segstream.models.cli import MODEL_DIR_ENV, main
+from segstream.models.cli import MODEL_DIR_ENV, _parser, main
 from segstream.models.graph import is_synthetic
+from tests.cli_help import assert_every_option_documented
 
 PROG = "segstream-models"
 
@@ -134,6 +135,10 @@ def test_export_without_torch_explains_what_to_install(tmp_path: Path, capsys: p
     line = _one_error_line(capsys.readouterr().err)
     assert "pip install torch torchvision" in line
     assert "download.pytorch.org" in line
+
+
+def test_every_option_of_every_command_is_documented() -> None:
+    assert_every_option_documented(_parser())
 
 
 @pytest.mark.parametrize(
