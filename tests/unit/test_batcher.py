@@ -146,7 +146,7 @@ async def test_frames_put_from_other_threads_reach_the_workers(recorder: Recorde
     assert all(len(items) <= 4 for _, items in recorder.batches)
 
 
-async def test_busy_workers_take_batches_without_a_gap(recorder: Recorder) -> None:
+async def test_batches_run_on_the_batchers_own_worker_threads(recorder: Recorder) -> None:
     # Two workers, one batch each at a time: every batch runs on a worker thread, never on the loop.
     async with started(Batcher(recorder, workers=2)) as batcher:
         await run(batcher, [("k", i) for i in range(20)])

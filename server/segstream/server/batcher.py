@@ -69,10 +69,6 @@ class Batcher:
             threading.Thread(target=self._work, args=(i,), name=f"{name}-{i}", daemon=True) for i in range(workers)
         ]
 
-    @property
-    def workers(self) -> int:
-        return len(self._threads)
-
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
@@ -95,7 +91,8 @@ class Batcher:
             else:
                 closed = False
                 self._pending.setdefault(key, deque()).append(job)
-                self._cond.notify_all()
+                # One worker is enough: whichever wakes takes the batch once it is full or due.
+                self._cond.notify()
         if closed:
             _call(deliver, asyncio.CancelledError("the server is shutting down"), 0.0)
         return job.ticket
@@ -105,14 +102,7 @@ class Batcher:
 
         Cancelling the caller withdraws a frame that has not started yet.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[Any, float]] = loop.create_future()
-        ticket = self.put(key, payload, settle_from_thread(loop, future))
-        try:
-            return await future
-        except asyncio.CancelledError:
-            ticket.withdrawn = True
-            raise
+        return await delivered(lambda deliver, ticket: self.put(key, payload, deliver, ticket))
 
     async def on_each_worker(self, chore: Callable[[], T]) -> list[T]:
         """Runs `chore` once on every worker thread, between batches; returns their results."""
@@ -188,6 +178,24 @@ class Batcher:
                     self._pending.move_to_end(key)
                 if jobs:
                     return key, jobs
+
+
+async def delivered(start: Callable[[Deliver, Ticket], object]) -> tuple[Any, float]:
+    """Waits on the event loop for work that ends in a `Deliver` call from some other thread.
+
+    `start(deliver, ticket)` sets the work off (queues it, or hands it to a thread that will);
+    returns (result, seconds queued) or raises the item's error. Cancelling the caller withdraws
+    the ticket, so a frame that has not run yet never will.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[tuple[Any, float]] = loop.create_future()
+    ticket = Ticket()
+    start(settle_from_thread(loop, future), ticket)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        ticket.withdrawn = True
+        raise
 
 
 def settle_from_thread(loop: asyncio.AbstractEventLoop, future: asyncio.Future[tuple[Any, float]]) -> Deliver:

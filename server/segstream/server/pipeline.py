@@ -17,7 +17,7 @@ from typing import Any, cast
 import grpc
 
 from segstream.client import codec
-from segstream.server.batcher import Batcher, Deliver, Ticket, settle_from_thread
+from segstream.server.batcher import Batcher, Deliver, Ticket, delivered
 from segstream.server.engine import EngineError, Model, U8Array
 from segstream.server.errors import InvalidConfigError, status_for
 from segstream.server.metrics import Metrics
@@ -106,7 +106,6 @@ class Pipeline:
         response = pb.SegmentResponse(frame_id=frame.frame_id, model=settings.model)
         if frame.HasField("capture_time"):
             response.capture_time.CopyFrom(frame.capture_time)
-        loop = asyncio.get_running_loop()
         timings = response.timings
         metrics = self.metrics
         metrics.received.labels(settings.model).inc()
@@ -114,18 +113,17 @@ class Pipeline:
         # Time between the frame's arrival and now was spent waiting (a LATEST stream's frame
         # waits for a place in the engine): it counts as queueing, not decoding.
         started = time.perf_counter()
-        future: asyncio.Future[tuple[Any, float]] = loop.create_future()
-        ticket = Ticket()
-        try:
-            deliver = settle_from_thread(loop, future)
+
+        def start(deliver: Deliver, ticket: Ticket) -> None:
             self._decode_pool.submit(self._prepare_and_queue, frame, settings, response, started, ticket, deliver)
-            (inference_s, post_s), queued_s = await future
+
+        try:
+            (inference_s, post_s), queued_s = await delivered(start)
             timings.queue_ms = (started - received + queued_s) * 1e3
             timings.inference_ms = inference_s * 1e3
             timings.postprocess_ms = post_s * 1e3
             self.engine_failures = 0
         except asyncio.CancelledError:
-            ticket.withdrawn = True
             raise
         except Exception as exc:
             code, message = status_for(exc)
