@@ -101,3 +101,36 @@ async def test_cancelled_waiters_leave_no_trace() -> None:
 def test_at_least_one_place() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         LiveAdmission(0)
+
+
+async def test_a_place_released_to_a_waiter_cancelled_but_not_yet_resumed_is_not_lost() -> None:
+    # A client disconnect cancels the waiting task; before that task runs its handler, another
+    # stream releases its place. The place must go to the next waiter (or back to free), never vanish.
+    admission = LiveAdmission(1)
+    await admission.acquire("holder", lambda: 0.0)
+    gone = asyncio.create_task(admission.acquire("gone", lambda: 9.0))
+    other = asyncio.create_task(admission.acquire("other", lambda: 1.0))
+    await asyncio.sleep(0)
+    gone.cancel()  # settles its future now; its except block runs only on the next loop pass
+    admission.release()
+    await asyncio.wait_for(other, 1)  # the place went to the waiter still there
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert admission.free == 0 and admission.waiting == 0
+    admission.release()
+    assert admission.free == admission.capacity == 1
+    # And with nobody else waiting, the place comes back to free.
+    await admission.acquire("holder", lambda: 0.0)
+    lone = asyncio.create_task(admission.acquire("lone", lambda: 2.0))
+    await asyncio.sleep(0)
+    lone.cancel()
+    admission.release()
+    with pytest.raises(asyncio.CancelledError):
+        await lone
+    assert admission.free == 1 and admission.waiting == 0
+    await asyncio.wait_for(admission.acquire("fresh", lambda: 3.0), 1)
+
+
+def test_releasing_more_than_was_granted_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="without a place"):
+        LiveAdmission(1).release()
