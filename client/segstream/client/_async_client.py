@@ -212,7 +212,7 @@ class AsyncSegmentationClient(ClientBase[grpc.aio.Channel]):
                     if not owed:
                         break  # every frame was answered before the stream ended
                     if (delay := backoff.next_delay()) is None:
-                        raise error from exc.__cause__
+                        raise backoff.gave_up(self.target, error) from exc.__cause__
                     log_reconnect(self.target, error, backoff, delay, frames_note)
                     writer.cancel()
                     await asyncio.wait([writer])

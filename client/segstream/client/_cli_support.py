@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segstream.client._reconnect import Reconnect
 from segstream.client._results import ModelInfo
 from segstream.client._sync_client import SegmentationClient
 from segstream.client.codec import U8Array, as_u8
@@ -117,6 +118,13 @@ class RateMeter:
             span = min(self._window_s, elapsed)
             return len(self._times) / span if span > 0 else 0.0
         return self.total / elapsed if elapsed > 0 else 0.0
+
+
+def cli_reconnect(enabled: bool, timeout_s: float) -> Reconnect | None:
+    """The policy of the command line's --reconnect/--no-reconnect and --reconnect-timeout (0: none)."""
+    if not enabled:
+        return None
+    return Reconnect(timeout=timeout_s or None)
 
 
 def choose_model(client: SegmentationClient, name: str) -> ModelInfo:

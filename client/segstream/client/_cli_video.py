@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from segstream.client._cli_security import security_kwargs
+from segstream.client._cli_signals import StopRequested, StopSignals
 from segstream.client._cli_support import (
+    PROG,
     CliError,
     FrameReader,
     LatencyStats,
@@ -21,12 +25,12 @@ from segstream.client._cli_support import (
     bgr_palette,
     check_output_folder,
     choose_model,
+    cli_reconnect,
     open_capture,
     rgb_to_bgr,
     summary,
 )
 from segstream.client._options import OutputName, StreamOptions
-from segstream.client._reconnect import Reconnect
 from segstream.client._results import SegmentResult
 from segstream.client._sync_client import SegmentationClient
 from segstream.client.codec import U8Array, as_u8
@@ -54,6 +58,8 @@ class _VideoOutputs:
         self.size = size
         self._palette = palette
         self._writers: list[cv2.VideoWriter] = []
+        self.paths: list[Path] = []
+        self.written = 0  # frames in each video
         self._overlay = self._open(Path(args.out), fps)
         self._masks = self._open(Path(args.mask_out), fps) if args.mask_out else None
         self._png_dir = Path(args.png_dir) if args.png_dir else None
@@ -63,6 +69,7 @@ class _VideoOutputs:
     def _open(self, path: Path, fps: float) -> cv2.VideoWriter:
         writer = _video_writer(path, fps, self.size)
         self._writers.append(writer)
+        self.paths.append(path)
         return writer
 
     def write(self, original: U8Array, result: SegmentResult | None) -> None:
@@ -79,6 +86,7 @@ class _VideoOutputs:
             self._masks.write(colored)
         if self._png_dir is not None and labels is not None and result is not None:
             cv2.imwrite(str(self._png_dir / f"{result.frame_id:06d}.png"), labels)
+        self.written += 1
 
     def _colorize(self, labels: U8Array) -> U8Array:
         colored = self._palette[labels]
@@ -87,8 +95,10 @@ class _VideoOutputs:
         return colored
 
     def close(self) -> None:
+        """Finishes every video (an MP4 only plays once its writer is released)."""
         for writer in self._writers:
             writer.release()
+        self._writers.clear()
 
 
 def run_video(args: argparse.Namespace) -> int:
@@ -112,15 +122,33 @@ def run_video(args: argparse.Namespace) -> int:
     options = StreamOptions(model=args.model, head=args.head, outputs=outputs, mask_encoding="png")
     client = SegmentationClient(args.server, wire_encoding=args.wire, timeout=args.timeout, **security_kwargs(args))
     outs: _VideoOutputs | None = None
-    try:
-        model = choose_model(client, args.model)
-        outs = _VideoOutputs(args, fps, size, bgr_palette(model))
-        return _stream_video(client, reader, options, outs, total, args)
-    finally:
-        reader.close()
-        if outs is not None:
-            outs.close()
-        client.close()
+    # SIGTERM and SIGINT end the wait for the server, never a frame's write: the videos are then
+    # finished, so the frames answered before the stop play.
+    with StopSignals() as stops:
+        try:
+            with stops.interruptible():
+                model = choose_model(client, args.model)
+            outs = _VideoOutputs(args, fps, size, bgr_palette(model))
+            return _stream_video(client, reader, options, outs, total, args, stops)
+        except StopRequested:
+            pass  # reported below, once the videos are finished
+        finally:
+            reader.close()
+            if outs is not None:
+                outs.close()
+            client.close()
+    print(_stopped_line(stops.name, reader.count, outs), file=sys.stderr, flush=True)
+    return 128 + (stops.signum or signal.SIGINT)  # the shell's convention for "ended by signal N"
+
+
+def _stopped_line(signal_name: str, read: int, outs: _VideoOutputs | None) -> str:
+    """The line a stopped `video` command ends with: what its finished videos hold."""
+    line = f"{PROG}: stopped by {signal_name} after reading {read} frames"
+    if outs is None:
+        return f"{line}; no video was written"
+    files = " and ".join(str(path) for path in outs.paths)
+    verb = "holds" if len(outs.paths) == 1 else "each hold"
+    return f"{line}; {files} {verb} {outs.written} frames (the first {outs.written} of the input)"
 
 
 def _stream_video(
@@ -130,6 +158,7 @@ def _stream_video(
     outs: _VideoOutputs,
     total: int | None,
     args: argparse.Namespace,
+    stops: StopSignals,
 ) -> int:
     pending: dict[int, U8Array] = {}
 
@@ -149,20 +178,30 @@ def _stream_video(
     shown = time.monotonic()
     with tqdm(total=total, unit="frame", disable=args.no_progress, dynamic_ncols=True) as bar:
         # An ORDERED stream that reconnects sends its unanswered frames again: the output stays complete.
-        reconnect = Reconnect() if args.reconnect else None
-        for result in client.stream(remember(), options, reconnect=reconnect):
-            original = pending.pop(result.frame_id, None)
-            if original is None:  # not a frame of ours: nothing to write it over
-                continue
-            outs.write(original, result)
-            if not result.ok:
-                failures.append(result)
-            latency.add(result.latency_ms)
-            rate.tick()
-            bar.update()
-            if time.monotonic() - shown > _POSTFIX_PERIOD_S:
-                shown = time.monotonic()
-                show_stats(bar)
+        reconnect = cli_reconnect(args.reconnect, args.reconnect_timeout)
+        results = client.stream(remember(), options, reconnect=reconnect)
+        try:
+            while True:
+                with stops.interruptible():
+                    result = next(results, None)
+                if result is None:
+                    break
+                original = pending.pop(result.frame_id, None)
+                if original is None:  # not a frame of ours: nothing to write it over
+                    continue
+                outs.write(original, result)
+                if not result.ok:
+                    failures.append(result)
+                latency.add(result.latency_ms)
+                rate.tick()
+                bar.update()
+                if time.monotonic() - shown > _POSTFIX_PERIOD_S:
+                    shown = time.monotonic()
+                    show_stats(bar)
+                if stops.requested:
+                    raise StopRequested(stops.signum or signal.SIGINT)
+        finally:
+            results.close()  # cancels the stream at once when it ends early
         show_stats(bar)
     failed = len(failures) + len(pending)
     for index in sorted(pending):  # read but never answered: keep the output frame count exact

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -16,11 +17,11 @@ from segstream.client._cli_support import (
     LatencyStats,
     RateMeter,
     choose_model,
+    cli_reconnect,
     rgb_to_bgr,
     summary,
 )
 from segstream.client._options import OutputName, StreamOptions
-from segstream.client._reconnect import Reconnect
 from segstream.client._sources import DEFAULT_REOPEN, CameraSource
 from segstream.client._sync_client import SegmentationClient
 
@@ -31,15 +32,57 @@ _STATS_PERIOD_S = 1.0
 _LATENCY_WINDOW = 300
 
 
+# Opens and closes a window in a child process. OpenCV's GUI backends abort the whole process
+# (Qt: "could not connect to display") rather than raise when the display cannot be opened.
+_PROBE = """
+import sys
+import cv2
+try:
+    cv2.namedWindow("segstream-probe", cv2.WINDOW_AUTOSIZE)
+    cv2.destroyAllWindows()
+except cv2.error:
+    sys.exit(3)
+"""
+_PROBE_NO_GUI = 3
+_PROBE_TIMEOUT_S = 15.0
+_NO_GUI = "this OpenCV build has no GUI support (install opencv-python instead of the headless build)"
+
+
+def _probe_display() -> str | None:
+    """Why a child process could not open a window, or None when it could."""
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE],
+            capture_output=True,
+            text=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"opening a test window failed: {exc}"
+    if probe.returncode == 0:
+        return None
+    if probe.returncode == _PROBE_NO_GUI:
+        return _NO_GUI
+    lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+    why = lines[0][:200] if lines else f"exit status {probe.returncode}"
+    shown = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or ""
+    return f"cannot open a window on display {shown!r}: {why}"
+
+
 def display_problem() -> str | None:
     """Why no window can be shown here, or None when one can."""
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "neither DISPLAY nor WAYLAND_DISPLAY is set"
+    if sys.platform.startswith("linux"):
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            return "neither DISPLAY nor WAYLAND_DISPLAY is set"
+        # A DISPLAY that names no reachable X server would abort this process at the first window.
+        if (problem := _probe_display()) is not None:
+            return problem
     try:
         cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
     except cv2.error:
         # opencv-python-headless raises here: it is built without any GUI backend.
-        return "this OpenCV build has no GUI support (install opencv-python instead of the headless build)"
+        return _NO_GUI
     return None
 
 
@@ -63,7 +106,7 @@ def run_webcam(args: argparse.Namespace) -> int:
         choose_model(client, args.model)
         printed = time.monotonic()
         # A server that drains or restarts is left for another one, or waited for, with backoff.
-        reconnect = Reconnect() if args.reconnect else None
+        reconnect = cli_reconnect(args.reconnect, args.reconnect_timeout)
         for result in client.stream(reader, options, reconnect=reconnect):
             for stats in (latency, recent):
                 stats.add(result.latency_ms)
@@ -72,10 +115,18 @@ def run_webcam(args: argparse.Namespace) -> int:
             dropped = result.dropped_frames
             failed += not result.ok
             if show and result.overlay is not None:
-                cv2.imshow(WINDOW, rgb_to_bgr(result.overlay))
-                key = cv2.waitKey(1) & 0xFF
-                if key in _QUIT_KEYS or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
-                    break  # q, Esc, or the window was closed
+                try:
+                    cv2.imshow(WINDOW, rgb_to_bgr(result.overlay))
+                    key = cv2.waitKey(1) & 0xFF
+                    closed = cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1
+                except cv2.error as exc:
+                    # The display went away under a running view: the statistics go on without it.
+                    show = False
+                    why = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+                    print(f"{PROG}: the window failed ({why}); printing statistics only", file=sys.stderr)
+                else:
+                    if key in _QUIT_KEYS or closed:
+                        break  # q, Esc, or the window was closed
             if time.monotonic() - printed >= _STATS_PERIOD_S:
                 printed = time.monotonic()
                 print(

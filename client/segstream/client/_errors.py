@@ -164,6 +164,15 @@ def _tls_hint(details: str) -> str | None:
     return None
 
 
+def server_is_loading(error: BaseException) -> bool:
+    """True when `error` says the server is up but still loading its models (UNAVAILABLE "loading")."""
+    return (
+        isinstance(error, ServerUnavailableError)
+        and error.reason.startswith("UNAVAILABLE:")
+        and ("loading" in error.reason)
+    )
+
+
 def _status_of(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     # Sync errors are also grpc.Call objects; aio errors carry the same accessors on AioRpcError.
     if isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
@@ -179,6 +188,8 @@ def error_from_rpc(exc: grpc.RpcError, target: str) -> SegstreamError:
     hint = _HINT_BY_CODE.get(code)
     if code is grpc.StatusCode.UNAVAILABLE and (tls_hint := _tls_hint(details)):
         hint = tls_hint
+    elif code is grpc.StatusCode.UNAVAILABLE and "loading" in details:
+        hint = "wait_ready() (segstream-client wait) returns once it serves"
     elif code is grpc.StatusCode.UNAVAILABLE and "shutting down" in details:
         hint = "stream(..., reconnect=Reconnect()) carries a stream over to another server or a restart"
     if _lost_status(exc, code, details):

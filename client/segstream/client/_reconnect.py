@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from segstream.client._errors import SegstreamError
+from segstream.client._errors import SegstreamError, ServerUnavailableError
 from segstream.client._frames import SendLog
 from segstream.v1 import segmentation_pb2 as pb
 
@@ -28,7 +29,8 @@ class Reconnect:
 
     The n-th reconnection in a row waits `initial * multiplier**(n-1)` seconds, at most `max_delay`,
     each delay scaled by a random factor in [1 - jitter, 1 + jitter] so that many clients of one
-    restarting server do not all come back at the same instant. A result received resets the count.
+    restarting server do not all come back at the same instant. A result received resets the count
+    and the clock.
 
     Attributes:
         initial: Seconds before the first reconnection (> 0).
@@ -37,6 +39,8 @@ class Reconnect:
         jitter: Relative randomness of each delay, from 0 (none) to 1.
         max_attempts: Reconnections in a row without a result before the error is raised;
             None retries forever.
+        timeout: Seconds of reconnecting without a result (from the first failure on) before the
+            error is raised; None retries forever. The last delay is shortened to end on time.
 
     Example:
         >>> Reconnect(initial=0.5, max_attempts=10).max_delay
@@ -48,6 +52,7 @@ class Reconnect:
     max_delay: float = 5.0
     jitter: float = 0.2
     max_attempts: int | None = None
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("initial", "multiplier", "max_delay", "jitter"):
@@ -67,33 +72,64 @@ class Reconnect:
         attempts = self.max_attempts
         if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1):
             raise ValueError(f"Reconnect.max_attempts must be a positive integer or None (forever); got {attempts!r}")
+        timeout = self.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf
+        ):
+            raise ValueError(f"Reconnect.timeout must be a number of seconds > 0 or None (forever); got {timeout!r}")
 
 
 class Backoff:
     """The delays of one `Reconnect` policy: growing with each attempt, back to `initial` after reset()."""
 
-    def __init__(self, policy: Reconnect, uniform: Callable[[float, float], float] = random.uniform) -> None:
+    def __init__(
+        self,
+        policy: Reconnect,
+        uniform: Callable[[float, float], float] = random.uniform,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._policy = policy
         self._uniform = uniform
+        self._clock = clock
         self._base = policy.initial
+        self._since: float | None = None  # when the current run of failures began
         self.attempt = 0
         self.max_attempts = policy.max_attempts
 
     def reset(self) -> None:
         self._base = self._policy.initial
+        self._since = None
         self.attempt = 0
 
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the first failure of the current run of attempts (0 before any)."""
+        return 0.0 if self._since is None else self._clock() - self._since
+
     def next_delay(self) -> float | None:
-        """Seconds to wait before the next attempt, or None when `max_attempts` are used up."""
+        """Seconds to wait before the next attempt, or None when `max_attempts` or `timeout` are used up."""
         policy = self._policy
+        if self._since is None:
+            self._since = self._clock()
         if policy.max_attempts is not None and self.attempt >= policy.max_attempts:
+            return None
+        left = math.inf if policy.timeout is None else policy.timeout - self.elapsed
+        if left <= 0:
             return None
         base = self._base
         self.attempt += 1
         # Grown step by step rather than as a power, so an endless retry never overflows.
         self._base = min(policy.max_delay, base * policy.multiplier)
         spread = base * policy.jitter
-        return min(policy.max_delay, max(0.0, self._uniform(base - spread, base + spread)))
+        return min(policy.max_delay, left, max(0.0, self._uniform(base - spread, base + spread)))
+
+    def gave_up(self, target: str, error: SegstreamError) -> ServerUnavailableError:
+        """The one-line error stream() raises when this policy stops reconnecting after `error`."""
+        attempts = f"{self.attempt} reconnection attempt{'s' if self.attempt != 1 else ''}"
+        limit = self._policy.timeout
+        within = f" (the limit is {limit:g} s)" if limit is not None else ""
+        reason = f"gave up reconnecting to {target} after {attempts} in {self.elapsed:.1f} s{within}: {error.reason}"
+        return ServerUnavailableError(reason, error.code, reason=reason)
 
 
 class StreamLedger:

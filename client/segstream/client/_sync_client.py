@@ -181,7 +181,8 @@ class SegmentationClient(ClientBase[grpc.Channel]):
         same `frames` are read on. Under "ordered" the frames the broken stream left unanswered are
         sent again first, so every frame is answered exactly once and in order; under "latest" they
         are dropped, and `SegmentResult.dropped_frames` counts them with the server's drops.
-        ServerUnavailableError is raised once `max_attempts` reconnections in a row got no result;
+        ServerUnavailableError is raised once `max_attempts` reconnections in a row, or `timeout`
+        seconds of reconnecting, got no result (its message says so, with the last reason);
         every other error is raised at once, as without `reconnect`.
         """
         ledger = StreamLedger(options.policy == "ordered", self._max_in_flight)
@@ -207,7 +208,7 @@ class SegmentationClient(ClientBase[grpc.Channel]):
                     if not owed:
                         break  # every frame was answered before the stream ended
                     if (delay := backoff.next_delay()) is None:
-                        raise
+                        raise backoff.gave_up(self.target, exc) from exc
                     log_reconnect(self.target, exc, backoff, delay, frames_note)
                     time.sleep(delay)
                 finally:

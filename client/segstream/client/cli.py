@@ -1,7 +1,8 @@
 """`segstream-client`: segment videos, images and live cameras with a segstream server.
 
 Every failure ends in one `segstream-client: error: ...` line on stderr and a non-zero exit status,
-never a traceback: 1 for a failure, 2 for a bad command line, 130 when interrupted.
+never a traceback: 1 for a failure, 2 for a bad command line, 130 when interrupted (`video`, which first
+finishes its videos: 128 + the signal, so 130 for Ctrl-C and 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from segstream.client._cli_security import add_security_options, security_kwargs
 from segstream.client._cli_support import PROG, CliError, choose_model
 from segstream.client._cli_video import run_image, run_video
 from segstream.client._cli_webcam import run_webcam
-from segstream.client._errors import SegstreamError
+from segstream.client._errors import SegstreamError, server_is_loading
 from segstream.client._sources import DEFAULT_REOPEN
 from segstream.client._sync_client import SegmentationClient
 from segstream.client.argparsing import OneLineParser
 
 _DEFAULT_TIMEOUT_S = 10.0
+_DEFAULT_RECONNECT_TIMEOUT_S = 60.0
 
 
 def _positive_int(text: str) -> int:
@@ -165,6 +167,14 @@ def _add_reconnect(parser: argparse.ArgumentParser, what_then: str) -> None:
         help="when the server drains, restarts or cannot be reached, reconnect with backoff (0.1 s doubling"
         f" to 5 s) {what_then}; --no-reconnect ends with an error instead (default: reconnect)",
     )
+    parser.add_argument(
+        "--reconnect-timeout",
+        type=_seconds,
+        default=_DEFAULT_RECONNECT_TIMEOUT_S,
+        metavar="S",
+        help="give up with an error after reconnecting for this many seconds without an answer"
+        f" (default {_DEFAULT_RECONNECT_TIMEOUT_S:g}; 0: never give up)",
+    )
 
 
 def _command(
@@ -223,7 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.handler(args)
     except (CliError, SegstreamError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        if server_is_loading(exc):
+            # Not "serves no models": the server is up and will serve once its models are warm.
+            _fail(f"the server is still loading its models ({args.server}); retry shortly, or run `{PROG} wait`")
+        else:
+            _fail(str(exc))
         return 1
     except KeyboardInterrupt:
         _fail("interrupted")

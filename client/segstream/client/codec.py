@@ -51,6 +51,14 @@ class InvalidFrameError(ValueError):
     """A frame that cannot be turned into an image; the message says what to fix."""
 
 
+class FrameOverLimitError(InvalidFrameError):
+    """A well-formed frame beyond a limit: its pixels, its network input's pixels or its aspect ratio.
+
+    The message says what to send instead; a server answers it with RESOURCE_EXHAUSTED (code 8),
+    not INVALID_ARGUMENT.
+    """
+
+
 def timestamp_from_ns(ns: int) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(ns)
@@ -65,7 +73,7 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise InvalidFrameError(f"frame has {width}x{height} pixels: width and height must be positive")
     if width * height > max_pixels:
-        raise InvalidFrameError(
+        raise FrameOverLimitError(
             f"frame of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} pixels; "
             "send a smaller frame"
         )

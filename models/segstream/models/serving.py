@@ -1,15 +1,28 @@
 """The serving graph: an FCN wrapped so that only uint8 data enters and leaves the device.
 
+The resizing variant (`resize_in_graph=True`, for GPU providers):
+
     frames      uint8 [N, H, W, 3] RGB at the inference size
     output_size int64 [2]          (height, width) the label map is wanted at
  -> labels      uint8 [N, Hout, Wout]  argmax class ids after bilinear (half-pixel) resize of the logits
     confidence  float [N]              mean over pixels of the maximum logit, at the inference size
+
+The host variant (`resize_in_graph=False`, for the CPU provider), whose outputs all stay at the
+inference size; segstream.server.upsample then gives the labels at any output size from them
+without resizing every logit channel to it:
+
+    frames      uint8 [N, H, W, 3] RGB at the inference size
+ -> labels      uint8 [N, H, W]     argmax class ids
+    confidence  float [N]           mean over pixels of the maximum logit
+    logits      float [N, C, H, W]  the head's logits
 
 Normalisation (the model card's mean/std) runs as the first nodes; the other head is removed.
 Every operator is opset 11 and runs on ONNX Runtime's CUDA provider.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -21,6 +34,7 @@ FRAMES = "frames"
 OUTPUT_SIZE = "output_size"
 LABELS = "labels"
 CONFIDENCE = "confidence"
+LOGITS = "logits"
 SERVING_OUTPUTS = (LABELS, CONFIDENCE)
 
 MEAN = (0.485, 0.456, 0.406)
@@ -32,8 +46,12 @@ def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(array, _P + name)
 
 
-def serving_graph(model: onnx.ModelProto, head: str = "out") -> onnx.ModelProto:
-    """The serving graph of an FCN with input `input` (float NCHW) and logits output `head`."""
+def serving_graph(model: onnx.ModelProto, head: str = "out", resize_in_graph: bool = True) -> onnx.ModelProto:
+    """The serving graph of an FCN with input `input` (float NCHW) and logits output `head`.
+
+    `resize_in_graph` picks the variant (see the module docstring): labels resized to `output_size`
+    in the graph, or labels and logits at the inference size for the host to upsample.
+    """
     pruned = keep_outputs(model, [head])
     graph = pruned.graph
     model_input = next((i for i in graph.input if i.name == "input"), None)
@@ -43,15 +61,7 @@ def serving_graph(model: onnx.ModelProto, head: str = "out") -> onnx.ModelProto:
     graph.input.remove(model_input)
     scale = (1.0 / (255.0 * np.array(STD, np.float32))).reshape(1, 3, 1, 1).astype(np.float32)
     offset = (-np.array(MEAN, np.float32) / np.array(STD, np.float32)).reshape(1, 3, 1, 1).astype(np.float32)
-    graph.initializer.extend(
-        [
-            _const("scale", scale),
-            _const("offset", offset),
-            _const("empty_f", np.zeros(0, np.float32)),
-            _const("two", np.array([2], np.int64)),
-            _const("zero", np.array([0], np.int64)),
-        ]
-    )
+    graph.initializer.extend([_const("scale", scale), _const("offset", offset)])
     pre = [
         # Transpose while still uint8: a quarter of the bytes to move.
         helper.make_node("Transpose", [FRAMES], [_P + "nchw_u8"], perm=[0, 3, 1, 2]),
@@ -60,9 +70,21 @@ def serving_graph(model: onnx.ModelProto, head: str = "out") -> onnx.ModelProto:
         helper.make_node("Add", [_P + "scaled", _P + "offset"], ["input"]),
     ]
     logits = head
-    post = [
+    score = [
         helper.make_node("ReduceMax", [logits], [_P + "max"], axes=[1], keepdims=0),
         helper.make_node("ReduceMean", [_P + "max"], [CONFIDENCE], axes=[1, 2], keepdims=0),
+    ]
+    if not resize_in_graph:
+        return _host_variant(pruned, pre, score, head, dims)
+    graph.initializer.extend(
+        [
+            _const("empty_f", np.zeros(0, np.float32)),
+            _const("two", np.array([2], np.int64)),
+            _const("zero", np.array([0], np.int64)),
+        ]
+    )
+    post = [
+        *score,
         helper.make_node("Shape", [logits], [_P + "shape"]),
         helper.make_node("Slice", [_P + "shape", _P + "zero", _P + "two"], [_P + "nc"]),
         helper.make_node("Concat", [_P + "nc", OUTPUT_SIZE], [_P + "sizes"], axis=0),
@@ -91,6 +113,41 @@ def serving_graph(model: onnx.ModelProto, head: str = "out") -> onnx.ModelProto:
         [
             helper.make_tensor_value_info(LABELS, TensorProto.UINT8, [_dim(dims[0]), "out_height", "out_width"]),
             helper.make_tensor_value_info(CONFIDENCE, TensorProto.FLOAT, [_dim(dims[0])]),
+        ]
+    )
+    onnx.checker.check_model(pruned)
+    return pruned
+
+
+def _host_variant(
+    pruned: onnx.ModelProto,
+    pre: list[onnx.NodeProto],
+    score: list[onnx.NodeProto],
+    head: str,
+    dims: Sequence[onnx.TensorShapeProto.Dimension],
+) -> onnx.ModelProto:
+    """The graph whose outputs stay at the inference size: labels, confidence and the logits."""
+    graph = pruned.graph
+    post = [
+        *score,
+        helper.make_node("ArgMax", [head], [_P + "argmax"], axis=1, keepdims=0),
+        helper.make_node("Cast", [_P + "argmax"], [LABELS], to=TensorProto.UINT8),
+        # The head itself cannot be both a graph output and renamed: an Identity gives it the fixed name.
+        helper.make_node("Identity", [head], [LOGITS]),
+    ]
+    nodes = [*pre, *graph.node, *post]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    batch = _dim(dims[0])
+    graph.input.extend(
+        [helper.make_tensor_value_info(FRAMES, TensorProto.UINT8, [batch, _dim(dims[2]), _dim(dims[3]), 3])]
+    )
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(LABELS, TensorProto.UINT8, [batch, "height", "width"]),
+            helper.make_tensor_value_info(CONFIDENCE, TensorProto.FLOAT, [batch]),
+            helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [batch, "classes", "height", "width"]),
         ]
     )
     onnx.checker.check_model(pruned)

@@ -18,12 +18,15 @@ from segstream.server.admission import LiveAdmission
 from segstream.server.batcher import Batcher
 from segstream.server.config import ServerConfig
 from segstream.server.engine import Model
+from segstream.server.frame_limits import FrameLimits
 from segstream.server.metrics import Metrics
 from segstream.server.pipeline import Pipeline
+from segstream.server.ports import ListenError, PortInUseError, bind_error
 from segstream.server.preprocess import inference_shape
 from segstream.server.providers import CPU
 from segstream.server.security import server_credentials, server_interceptors
 from segstream.server.service import SegmentationService
+from segstream.server.watchdog import Watchdog
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
 
@@ -79,6 +82,9 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
         # Clients may ping as often as the server does without being told to go away.
         ("grpc.http2.min_ping_interval_without_data_ms", int(min(config.keepalive_time_s, 10.0) * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
+        # gRPC's default (on) lets a second server start silently on a busy port and take a random
+        # share of its clients; only processes that all ask for it share a port.
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ]
     if config.max_connection_age_s:
         options += [
@@ -115,12 +121,15 @@ class SegstreamServer:
             self._engine_failed,
         )
         self.pipeline.buckets = config.gpu.buckets
+        self.pipeline.limits = FrameLimits(config.max_inference_pixels, config.max_aspect)
         self._health_tasks: set[asyncio.Task[None]] = set()
+        self.watchdog: Watchdog | None = None
         self.service = SegmentationService(
             self.pipeline,
             size=config.size,
             inflight=config.inflight,
             max_streams=config.max_streams,
+            max_unary=config.max_unary,
             ready=lambda: self._ready,
             idle_timeout=config.idle_timeout_s,
         )
@@ -137,12 +146,11 @@ class SegstreamServer:
 
     async def start(self) -> int:
         """Binds and starts serving (health NOT_SERVING), then loads and warms the models (SERVING)."""
-        if self._credentials is None:
-            self.port = self._server.add_insecure_port(self.config.address)
-        else:
-            self.port = self._server.add_secure_port(self.config.address, self._credentials)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.address}")
+        self.port = self._listen()
+        if self.config.metrics_port:
+            # Bound before the models load, so a busy metrics port fails at once and not minutes later.
+            bound = self.metrics.serve_http(self.config.metrics_port, _http_host(self.config.host))
+            log.info("metrics on http://%s:%d/metrics", self.config.host, bound)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         log.info("listening on %s (port %d)", self.config.address, self.port)
@@ -153,9 +161,6 @@ class SegstreamServer:
         self.pipeline.models = dict(models)
         for name, model in models.items():
             self.metrics.provider.labels(name, model.provider).set(1)
-        if self.config.metrics_port:
-            bound = self.metrics.serve_http(self.config.metrics_port, _http_host(self.config.host))
-            log.info("metrics on http://%s:%d/metrics", self.config.host, bound)
         workers = worker_count(self.config, models)
         # As many live frames as the workers can run in full batches; more would only queue.
         self.service.live_admission = LiveAdmission(workers * self.config.max_batch)
@@ -169,10 +174,34 @@ class SegstreamServer:
         self.pipeline.batcher = batcher
         if self.config.warmup:
             await self._warm_up()
+        self.service.warm = True
         self._ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.config.stall_timeout_s:
+            self.watchdog = Watchdog(batcher.stalled_for, self.config.stall_timeout_s, self.metrics, self._stalled)
+            self.watchdog.start()
         log.info("serving %s with %d inference worker(s)", ", ".join(models), workers)
         return self.port
+
+    def _listen(self) -> int:
+        # Checked first: gRPC would log a C-level error line and raise a bare "Failed to bind". Other
+        # problems are left to gRPC, which may listen where this probe could not (IPv4 alone for [::]).
+        config = self.config
+        problem = bind_error("--port", config.host, config.port, reuse_port=config.reuse_port)
+        if isinstance(problem, PortInUseError):
+            raise PortInUseError(problem.errno, f"{problem}; servers meant to share a port all need --reuse-port")
+        try:
+            if self._credentials is None:
+                port = self._server.add_insecure_port(config.address)
+            else:
+                port = self._server.add_secure_port(config.address, self._credentials)
+        except RuntimeError as exc:
+            # Taken in the meantime, or an address this machine does not have: say which.
+            why = bind_error("--port", config.host, config.port, reuse_port=config.reuse_port)
+            raise why or ListenError(None, f"--port {config.port}: cannot listen on {config.address}") from exc
+        if port == 0:
+            raise ListenError(None, f"--port {config.port}: cannot listen on {config.address}")
+        return port
 
     async def _warm_up(self) -> None:
         # The first run of each head allocates ONNX Runtime's arenas (and on a GPU picks kernels);
@@ -195,6 +224,13 @@ class SegstreamServer:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
 
+    async def _stalled(self, stalled: bool) -> None:
+        # Work flowing again restores health only if nothing else (engine failures, draining) took it.
+        if stalled:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        elif self._ready:
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
     def _engine_failed(self, consecutive: int) -> None:
         limit = self.config.max_engine_failures
         if limit and consecutive == limit and self._ready:
@@ -214,6 +250,8 @@ class SegstreamServer:
         Streams still open when the grace period ends are cancelled; then the models are freed.
         """
         self._ready = False
+        if self.watchdog is not None:
+            await self.watchdog.stop()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.service.draining.set()
         loop = asyncio.get_running_loop()
@@ -221,7 +259,12 @@ class SegstreamServer:
         try:
             await asyncio.wait_for(self.service.all_closed.wait(), grace)
         except TimeoutError:
-            log.warning("%d stream(s) still open after %.1f s of grace: cancelling", self.service.open_streams, grace)
+            # wait_for(..., 0) times out without looking, so a server that never opened a stream (a
+            # startup failure) would warn about none.
+            if self.service.open_streams:
+                log.warning(
+                    "%d stream(s) still open after %.1f s of grace: cancelling", self.service.open_streams, grace
+                )
         await self._server.stop(max(0.0, deadline - loop.time()))
         self.metrics.close()
         if self.pipeline.batcher is not None:

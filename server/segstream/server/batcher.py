@@ -65,6 +65,10 @@ class Batcher:
         # Work that must run on one particular worker thread (warm-up of its own bindings).
         self._chores: list[deque[Callable[[], None]]] = [deque() for _ in range(workers)]
         self._closing = False
+        # For the liveness watchdog: frames in running batches, and when the engine last made
+        # progress (finished a batch, or was handed work while it had none).
+        self._running = 0
+        self._progress = time.monotonic()
         self._threads = [
             threading.Thread(target=self._work, args=(i,), name=f"{name}-{i}", daemon=True) for i in range(workers)
         ]
@@ -90,12 +94,29 @@ class Batcher:
                 closed = True
             else:
                 closed = False
+                if self._idle():
+                    # Time spent idle is no stall: the clock starts with the first frame waiting.
+                    self._progress = time.monotonic()
                 self._pending.setdefault(key, deque()).append(job)
                 # One worker is enough: whichever wakes takes the batch once it is full or due.
                 self._cond.notify()
         if closed:
             _call(deliver, asyncio.CancelledError("the server is shutting down"), 0.0)
         return job.ticket
+
+    def stalled_for(self) -> tuple[int, float]:
+        """(frames waiting for or in the engine, seconds since the engine last made progress).
+
+        Progress is a finished batch, or work handed to an engine that had none; with no frame
+        waiting the seconds are 0: an idle engine is never stalled.
+        """
+        with self._cond:
+            waiting = self._running + sum(not job.ticket.withdrawn for queue in self._pending.values() for job in queue)
+            return waiting, (time.monotonic() - self._progress if waiting else 0.0)
+
+    def _idle(self) -> bool:
+        # Called with the lock held; withdrawn frames will never run, so they are no work.
+        return not self._running and all(job.ticket.withdrawn for queue in self._pending.values() for job in queue)
 
     async def submit(self, key: Hashable, payload: Any) -> tuple[Any, float]:
         """`put` for a caller on an event loop: returns (result, seconds queued) or raises the item's error.
@@ -141,6 +162,10 @@ class Batcher:
                     raise RuntimeError(f"batch runner returned {len(results)} results for {len(jobs)} items")
             except Exception as exc:
                 results = [exc] * len(jobs)
+            finally:
+                with self._cond:
+                    self._running -= len(jobs)
+                    self._progress = time.monotonic()
             for job, result in zip(jobs, results, strict=True):
                 _call(job.deliver, result, started - job.enqueued)
 
@@ -177,6 +202,7 @@ class Batcher:
                 else:
                     self._pending.move_to_end(key)
                 if jobs:
+                    self._running += len(jobs)
                     return key, jobs
 
 

@@ -14,6 +14,7 @@ from segstream.client.argparsing import OneLineParser
 from segstream.server.config import DEVICES, ConfigError, ModelSpec, ServerConfig, env_default, env_option
 from segstream.server.engine import EngineError
 from segstream.server.event_loop import EVENT_LOOPS, EventLoopUnavailable, loop_factory
+from segstream.server.frame_limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INFERENCE_PIXELS
 from segstream.server.gpu_cli import add_gpu_arguments, gpu_options_from_args
 from segstream.server.logs import configure_logging
 
@@ -61,7 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     env_option(p, "--max-streams", "64", "concurrent streams; more get RESOURCE_EXHAUSTED (default 64)", type=int)
+    env_option(
+        p,
+        "--max-unary",
+        "32",
+        "concurrent SegmentImage calls, counted apart from --max-streams; more get RESOURCE_EXHAUSTED (default 32)",
+        type=int,
+    )
     env_option(p, "--max-frame-pixels", str(7680 * 4320), "largest frame in pixels (default 33177600, 8K)", type=int)
+    env_option(
+        p,
+        "--max-inference-pixels",
+        str(DEFAULT_MAX_INFERENCE_PIXELS),
+        "largest network input in pixels, after the resize to --size; costlier frames get RESOURCE_EXHAUSTED "
+        f"(default {DEFAULT_MAX_INFERENCE_PIXELS}: --size 520 up to a 3.9:1 frame, or 1 MP with --size 0)",
+        type=int,
+    )
+    env_option(
+        p,
+        "--max-aspect",
+        f"{DEFAULT_MAX_ASPECT:g}",
+        "largest ratio of a frame's long side to its short side; thinner frames get RESOURCE_EXHAUSTED "
+        f"(default {DEFAULT_MAX_ASPECT:g})",
+        type=float,
+    )
     env_option(p, "--max-message-bytes", str(64 << 20), "largest gRPC message in bytes (default 64 MiB)", type=int)
     env_option(
         p,
@@ -100,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
     )
     env_option(p, "--metrics-port", "0", "serve Prometheus metrics on this port at /metrics (default 0: off)", type=int)
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=env_default("reuse-port", "0").strip().lower() in ("1", "true", "yes", "on"),
+        help="let several segstream-server processes listen on one --port (SO_REUSEPORT; the kernel spreads "
+        "connections over them); without it a port already in use is a startup error",
+    )
     env_option(
         p,
         "--max-engine-failures",
@@ -107,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         "consecutive frames lost to inference failures before health turns NOT_SERVING so an "
         "orchestrator restarts the server (default 10; 0: never)",
         type=int,
+    )
+    env_option(
+        p,
+        "--stall-timeout",
+        "30",
+        "seconds frames may wait while the inference engine completes no batch before health turns "
+        "NOT_SERVING (SERVING again once batches complete; default 30; 0: never)",
+        type=float,
     )
     p.add_argument(
         "--log-format",
@@ -174,7 +213,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_delay_ms=args.max_delay_ms,
         inflight=args.inflight,
         max_streams=args.max_streams,
+        max_unary=args.max_unary,
         max_frame_pixels=args.max_frame_pixels,
+        max_inference_pixels=args.max_inference_pixels,
+        max_aspect=args.max_aspect,
         max_message_bytes=args.max_message_bytes,
         warmup=not args.no_warmup,
         reflection=not args.no_reflection,
@@ -188,7 +230,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connection_age_s=args.max_connection_age,
         max_connection_age_grace_s=args.max_connection_age_grace,
         metrics_port=args.metrics_port,
+        reuse_port=args.reuse_port,
         max_engine_failures=args.max_engine_failures,
+        stall_timeout_s=args.stall_timeout,
         gpu=gpu_options_from_args(args),
     )
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from segstream.client.codec import DEFAULT_MAX_PIXELS
+from segstream.server.frame_limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INFERENCE_PIXELS
 from segstream.server.gpu_options import GpuOptions
 from segstream.server.ranges import check_range
 
@@ -55,9 +56,17 @@ class ServerConfig:
     # Frames of one ORDERED stream being processed at once; the server stops reading beyond it.
     inflight: int = 4
     max_frame_pixels: int = DEFAULT_MAX_PIXELS
+    # What one frame may cost the network: the pixels of its input (after the resize to --size) and
+    # the frame's long/short side ratio; frames beyond either get RESOURCE_EXHAUSTED with what to
+    # send instead. See segstream.server.frame_limits.
+    max_inference_pixels: int = DEFAULT_MAX_INFERENCE_PIXELS
+    max_aspect: float = DEFAULT_MAX_ASPECT
     # Large enough for a raw 4K RGB frame (25 MB) plus protobuf framing.
     max_message_bytes: int = 64 * 1024 * 1024
     max_streams: int = 64
+    # Concurrent SegmentImage calls, counted apart from streams so a burst of images never
+    # refuses live streams; each call holds one whole image (decoded) until it is answered.
+    max_unary: int = 32
     warmup: bool = True
     reflection: bool = True
     # TLS: the server's PEM certificate chain and private key (both or neither); with a client CA,
@@ -77,8 +86,13 @@ class ServerConfig:
     max_connection_age_grace_s: float = 30.0
     # Prometheus /metrics port (0: off).
     metrics_port: int = 0
+    # Let several server processes listen on one port (SO_REUSEPORT); off, a busy port is an error.
+    reuse_port: bool = False
     # Consecutive frames lost to engine failures before health turns NOT_SERVING (0: never).
     max_engine_failures: int = 10
+    # Seconds frames may wait on an engine that completes no batch before health turns
+    # NOT_SERVING (0: never); see segstream.server.watchdog.
+    stall_timeout_s: float = 30.0
     # GPU providers, shape buckets, float16 and CUDA graphs; see segstream.server.gpu_options.
     gpu: GpuOptions = field(default_factory=GpuOptions)
 
@@ -106,7 +120,9 @@ class ServerConfig:
         _check_range("--max-batch", self.max_batch, 1, 256)
         _check_range("--inflight", self.inflight, 1, 1024)
         _check_range("--max-streams", self.max_streams, 1, 100_000)
+        _check_range("--max-unary", self.max_unary, 1, 100_000)
         _check_range("--max-frame-pixels", self.max_frame_pixels, 1, 1 << 31)
+        self._check_frame_limits()
         _check_range("--max-message-bytes", self.max_message_bytes, 1 << 20, (1 << 31) - 1)
         for flag, seconds in (
             ("--idle-timeout", self.idle_timeout_s),
@@ -114,6 +130,7 @@ class ServerConfig:
             ("--keepalive-timeout", self.keepalive_timeout_s),
             ("--max-connection-age", self.max_connection_age_s),
             ("--max-connection-age-grace", self.max_connection_age_grace_s),
+            ("--stall-timeout", self.stall_timeout_s),
         ):
             if not 0 <= seconds <= 30 * 24 * 3600:
                 raise ConfigError(f"{flag} {seconds}: must be between 0 and 2592000 seconds")
@@ -129,6 +146,25 @@ class ServerConfig:
         from segstream.server.security import check_security
 
         check_security(self)
+
+    def _check_frame_limits(self) -> None:
+        # 64 pixels: the smallest useful network input (the FCN's output stride is 8).
+        _check_range("--max-inference-pixels", self.max_inference_pixels, 64, 1 << 31)
+        if not 1 <= self.max_aspect <= 10_000:
+            raise ConfigError(f"--max-aspect {self.max_aspect}: must be between 1 and 10000")
+        # Settings under which every frame would be refused are a startup error, not a surprise later.
+        square = self.size * self.size
+        if square > self.max_inference_pixels:
+            raise ConfigError(
+                f"--size {self.size} runs even a square frame at {square} pixels, beyond --max-inference-pixels "
+                f"{self.max_inference_pixels}: raise --max-inference-pixels to at least {square} or lower --size"
+            )
+        for height, width in self.gpu.buckets:
+            if height * width > self.max_inference_pixels:
+                raise ConfigError(
+                    f"--buckets {height}x{width} has {height * width} pixels, beyond --max-inference-pixels "
+                    f"{self.max_inference_pixels}: raise --max-inference-pixels or use a smaller bucket"
+                )
 
     @property
     def default_model(self) -> str:

@@ -3,9 +3,11 @@
 StreamError            the stream or call itself is wrong; ends the call
     InvalidConfigError     bad StreamConfig (unknown model or head, sent twice or late)
     TooManyStreamsError    the server's stream limit is reached
+        TooManyCallsError      the server's limit on concurrent SegmentImage calls is reached
     NotReadyError          models are still loading, or the server is draining
     IdleStreamError        no message within the idle timeout
 InvalidFrameError      (segstream.client.codec) one frame is bad; answered in its own response
+    FrameOverLimitError    one frame is beyond a limit (pixels, network input, aspect ratio)
 EngineError            (segstream.server.engine) a model failed to load or run
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import grpc
 
-from segstream.client.codec import InvalidFrameError
+from segstream.client.codec import FrameOverLimitError, InvalidFrameError
 from segstream.server.config import ConfigError
 from segstream.server.engine import EngineError
 
@@ -30,6 +32,10 @@ class TooManyStreamsError(StreamError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class TooManyCallsError(TooManyStreamsError):
+    """Too many SegmentImage calls at once (--max-unary); the same status as too many streams."""
+
+
 class NotReadyError(StreamError):
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -42,6 +48,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and client-facing message for an error."""
     if isinstance(exc, StreamError):
         return exc.code, str(exc)
+    if isinstance(exc, FrameOverLimitError):
+        # Checked before its base class: the proto answers "over a limit" with 8, a bad frame with 3.
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, InvalidFrameError | ConfigError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, EngineError):

@@ -11,6 +11,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from segstream.server.ports import listen_error
 from segstream.v1 import segmentation_pb2 as pb
 
 # Milliseconds to minutes: a CPU frame takes seconds, a GPU frame a few milliseconds.
@@ -39,7 +40,17 @@ class Metrics:
         )
         self.inflight = Gauge("segstream_inflight_frames", "Frames being processed", registry=r)
         self.open_streams = Gauge("segstream_open_streams", "Open Segment streams", registry=r)
-        self.rejected = Counter("segstream_streams_rejected", "Streams refused", ["reason"], registry=r)
+        self.open_unary = Gauge("segstream_open_unary_calls", "SegmentImage calls being answered", registry=r)
+        self.rejected = Counter(
+            "segstream_streams_rejected", "Streams and SegmentImage calls refused", ["reason"], registry=r
+        )
+        # The liveness watchdog (segstream.server.watchdog): frames wait, yet no batch completes.
+        self.engine_stalled = Gauge(
+            "segstream_engine_stalled",
+            "1 while frames wait and the engine has completed no batch for --stall-timeout, else 0",
+            registry=r,
+        )
+        self.engine_stalls = Counter("segstream_engine_stalls", "Times the engine was found stalled", registry=r)
         self.provider = Gauge(
             "segstream_model_info", "Served models and their execution provider", ["model", "provider"], registry=r
         )
@@ -57,8 +68,14 @@ class Metrics:
             self.stage.labels(name).observe(ms / 1e3)
 
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
-        """Starts the /metrics endpoint; returns the bound port (useful with port 0)."""
-        server, thread = start_http_server(port, host, registry=self.registry)
+        """Starts the /metrics endpoint; returns the bound port (useful with port 0).
+
+        Raises OSError with one line naming --metrics-port when it cannot listen there.
+        """
+        try:
+            server, thread = start_http_server(port, host, registry=self.registry)
+        except OSError as exc:  # "[Errno 98] Address already in use" alone does not say which port
+            raise listen_error("--metrics-port", host, port, exc) from exc
         self._http = (server, thread)
         return int(server.server_port)
 

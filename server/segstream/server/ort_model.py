@@ -7,6 +7,11 @@ shape and reused across frames; the same path serves CPU and GPU providers: on a
 are copied into a device buffer on the configured device and ONNX Runtime writes the results into
 the bound host buffers.
 
+On a GPU the graph resizes the logits to the output size before the argmax. On the CPU the graph
+stops at the inference size and segstream.server.upsample gives the labels at the output size from
+there, strip by strip: the same labels without resizing every logit channel to the full frame
+(4 bytes per class per output pixel, 1.85 GB for a 22-megapixel frame).
+
 Where one session serializes its runs (TensorRT, CUDA graphs) a head gets several sessions and
 each worker thread sticks to one of them. With CUDA graphs every binding (head, batch shape, output
 size) also gets its own graph id and device-resident outputs, because a captured graph replays with
@@ -27,11 +32,12 @@ import onnx
 import onnxruntime as ort
 
 from segstream.models.graph import is_synthetic
-from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, OUTPUT_SIZE, serving_graph
+from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, LOGITS, OUTPUT_SIZE, serving_graph
 from segstream.server.config import Device, ModelSpec
 from segstream.server.engine import HEADS, BatchResult, EngineError, U8Array
 from segstream.server.gpu_options import CUDA, TENSORRT, GpuOptions, serializes_runs, session_count
 from segstream.server.providers import CPU, check_loaded, provider_list
+from segstream.server.upsample import upsample_labels
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,8 @@ class _Binding:
     device_outputs: tuple[Any, ...] | None = None  # OrtValues the CUDA graph writes (labels, confidence, share)
     run_options: Any = None  # onnxruntime.RunOptions carrying the graph id, or None
     graph_id: int | None = None
+    # Host upsampling: the graph's labels at the inference size [N, h, w]; None when the graph resizes.
+    inference_labels: U8Array | None = None
 
 
 class OrtModel:
@@ -69,7 +77,13 @@ class OrtModel:
         gpu: GpuOptions | None = None,
         max_batch: int = 1,
         workers: int = 0,
+        cpu_resize_in_graph: bool = False,
     ) -> None:
+        """Loads the model's serving graphs; raises EngineError saying what to check.
+
+        `cpu_resize_in_graph` makes the CPU provider resize the logits in the graph as GPU providers
+        do (memory grows with the output size; kept to compare against the host upsampling).
+        """
         self._name = spec.name
         gpu = gpu or GpuOptions()
         try:
@@ -102,14 +116,19 @@ class OrtModel:
         self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._path = spec.path
         self._float16 = gpu.fp16 and wanted == CUDA
+        self._host_upsample = wanted == CPU and not cpu_resize_in_graph
         self._graph_bytes: dict[str, bytes] = {}
         self._proto = proto
         first = {head: self._load(head) for head in self._heads}
         self._provider = check_loaded(device, self._providers, next(iter(first.values())), spec.name)
-        if self._float16 and self._provider == CPU:
-            # --device auto on a machine whose CUDA did not load: float16 would only slow the CPU down.
-            log.warning("model %s: --fp16 ignored on the CPU, serving the float32 graph", spec.name)
-            self._float16 = False
+        # --device auto on a machine whose CUDA did not load: the CPU gets its own graph variant.
+        if self._provider == CPU and wanted != CPU and (self._float16 or not cpu_resize_in_graph):
+            if self._float16:
+                # float16 would only slow the CPU down.
+                log.warning("model %s: --fp16 ignored on the CPU, serving the float32 graph", spec.name)
+                self._float16 = False
+            # The graph that leaves the upsampling to the host (memory bounded whatever the frame size).
+            self._host_upsample = not cpu_resize_in_graph
             self._graph_bytes.clear()
             first = {head: self._load(head) for head in self._heads}
         self._device_id = gpu.device_id
@@ -142,7 +161,9 @@ class OrtModel:
         graph = self._graph_bytes.get(head)
         try:
             if graph is None:
-                graph = self._graph_bytes[head] = _serving_bytes(self._proto, head, self._float16)
+                graph = self._graph_bytes[head] = _serving_bytes(
+                    self._proto, head, self._float16, resize_in_graph=not self._host_upsample
+                )
             return ort.InferenceSession(graph, self._options, providers=self._providers)
         except EngineError as exc:
             raise EngineError(f"model {self._name}: {exc}") from exc
@@ -182,6 +203,11 @@ class OrtModel:
     def cuda_graphs(self) -> bool:
         return self._graphs
 
+    @property
+    def host_upsample(self) -> bool:
+        """Whether labels are upsampled to the output size on the host (CPU) rather than in the graph."""
+        return self._host_upsample
+
     def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
         sessions = self._sessions.get(head)
         if sessions is None:
@@ -217,6 +243,8 @@ class OrtModel:
         finally:
             if lock is not None:
                 lock.release()
+        if self._host_upsample:
+            _upsample(binding)
 
     def _session_index(self) -> int:
         index: int | None = getattr(self._local, "session", None)
@@ -279,6 +307,8 @@ class OrtModel:
             labels=np.empty((n, *output_size), np.uint8),
             confidence=np.empty(n, np.float32),
         )
+        if self._host_upsample:
+            return self._new_host_binding(session, frames, size, result)
         io = session.io_binding()
         device_frames = None
         if self._on_device:
@@ -318,11 +348,48 @@ class OrtModel:
             graph_id=graph_id,
         )
 
+    def _new_host_binding(
+        self, session: ort.InferenceSession, frames: U8Array, size: Any, result: BatchResult
+    ) -> _Binding:
+        """A CPU binding on the graph whose outputs stay at the inference size."""
+        n, height, width, _ = frames.shape
+        io = session.io_binding()
+        io.bind_input(FRAMES, "cpu", 0, np.uint8, list(frames.shape), frames.ctypes.data)
+        # At the inference size the graph's labels are the result; otherwise they feed the upsampling.
+        same = result.labels.shape[1:] == (height, width)
+        labels = result.labels if same else np.empty((n, height, width), np.uint8)
+        io.bind_output(LABELS, "cpu", 0, np.uint8, list(labels.shape), labels.ctypes.data)
+        io.bind_output(CONFIDENCE, "cpu", 0, np.float32, [n], result.confidence.ctypes.data)
+        # ONNX Runtime allocates the logits (it knows the class count); see _upsample.
+        io.bind_output(LOGITS, "cpu")
+        return _Binding(
+            io=io,
+            frames=frames,
+            device_frames=None,
+            output_size=size,
+            result=result,
+            inference_labels=None if same else labels,
+        )
+
     def close(self) -> None:
         self._sessions.clear()
 
 
-def _serving_bytes(proto: onnx.ModelProto, head: str, float16: bool) -> bytes:
+def _upsample(binding: _Binding) -> None:
+    """The labels at the output size from the graph's labels and logits at the inference size."""
+    labels = binding.inference_labels
+    io = binding.io
+    if labels is not None:  # None: the output size is the inference size
+        logits = np.from_dlpack(io.get_outputs()[2])  # bound order: labels, confidence, logits
+        for i in range(labels.shape[0]):
+            upsample_labels(labels[i], logits[i], binding.result.labels[i])
+        del logits
+    # Binding the output afresh lets go of this run's logits, so that an idle binding in the
+    # worker's cache holds no float tensor.
+    io.bind_output(LOGITS, "cpu")
+
+
+def _serving_bytes(proto: onnx.ModelProto, head: str, float16: bool, resize_in_graph: bool = True) -> bytes:
     if float16:
         from segstream.models.fp16 import Float16Unavailable, fcn_to_float16
         from segstream.models.graph import keep_outputs
@@ -331,7 +398,7 @@ def _serving_bytes(proto: onnx.ModelProto, head: str, float16: bool) -> bytes:
             proto = fcn_to_float16(keep_outputs(proto, [head]))
         except Float16Unavailable as exc:
             raise EngineError(f"--fp16: {exc}") from exc
-    return bytes(serving_graph(proto, head).SerializeToString())
+    return bytes(serving_graph(proto, head, resize_in_graph).SerializeToString())
 
 
 def _prepare_tensorrt(model: str, gpu: GpuOptions) -> None:

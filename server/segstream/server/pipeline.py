@@ -20,9 +20,11 @@ from segstream.client import codec
 from segstream.server.batcher import Batcher, Deliver, Ticket, delivered
 from segstream.server.engine import EngineError, Model, U8Array
 from segstream.server.errors import InvalidConfigError, status_for
+from segstream.server.frame_limits import FrameLimits
 from segstream.server.metrics import Metrics
 from segstream.server.postprocess import OutputSpec, postprocess
 from segstream.server.preprocess import resize_rgb, snap_to_bucket
+from segstream.server.untrusted import clip
 from segstream.v1 import segmentation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ class Pipeline:
         self._size = size
         # Inference shapes frames snap to (--buckets); empty: short side = size, aspect kept.
         self.buckets: tuple[tuple[int, int], ...] = ()
+        # What one frame may cost the network (--max-inference-pixels, --max-aspect).
+        self.limits = FrameLimits()
         self._max_pixels = max_pixels
         self._decode_pool = decode_pool
         self.batcher: Batcher | None = None
@@ -77,7 +81,7 @@ class Pipeline:
         name = config.model or self.default_model
         model = self.models.get(name)
         if model is None:
-            raise InvalidConfigError(f"unknown model {name!r}: this server serves {sorted(self.models)}")
+            raise InvalidConfigError(f"unknown model {clip(name)!r}: this server serves {sorted(self.models)}")
         head = _HEAD_NAMES.get(config.head)
         if head is None or head not in model.heads:
             raise InvalidConfigError(f"model {name!r} has no head {config.head}: heads are {list(model.heads)}")
@@ -159,7 +163,10 @@ class Pipeline:
             return
         try:
             rgb = codec.decode_frame(frame, self._max_pixels)
-            resized = resize_rgb(rgb, snap_to_bucket(rgb.shape[0], rgb.shape[1], self._size, self.buckets))
+            shape = snap_to_bucket(rgb.shape[0], rgb.shape[1], self._size, self.buckets)
+            # Before the resize: a thin frame's network input can cost thousands of times the frame.
+            self.limits.check(rgb.shape[0], rgb.shape[1], shape, self._size)
+            resized = resize_rgb(rgb, shape)
             response.inference_width, response.inference_height = resized.shape[1], resized.shape[0]
             response.timings.decode_ms = (time.perf_counter() - started) * 1e3
             image = rgb if settings.spec.resolution == pb.OUTPUT_RESOLUTION_FRAME else resized

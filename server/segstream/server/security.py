@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 
 from segstream.server.config import ConfigError
+from segstream.server.untrusted import clip
 
 if TYPE_CHECKING:
     from segstream.server.config import ServerConfig
@@ -194,7 +195,8 @@ def _refusal(
     message = f"{reason}: {_HOW_TO_AUTHENTICATE}"
 
     async def refuse(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
-        log.info("refused %s from %s: %s", method, context.peer(), reason)
+        # The method path is whatever the client sent, known to the server or not.
+        log.info("refused %s from %s: %s", clip(method), clip(context.peer()), reason)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     # Same streaming shape as the real method, so the call ends cleanly; an unknown method is also

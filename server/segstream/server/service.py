@@ -17,17 +17,21 @@ from segstream.server.errors import (
     InvalidConfigError,
     NotReadyError,
     StreamError,
+    TooManyCallsError,
     TooManyStreamsError,
     status_for,
 )
 from segstream.server.pipeline import Pipeline, StreamSettings
 from segstream.server.streams import RequestReader, latest, ordered
+from segstream.server.untrusted import clip
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 _HEADS = {"out": pb.HEAD_OUT, "aux": pb.HEAD_AUX}
+# The UNAVAILABLE message of every call made before the models are warm; clients look for "loading".
+LOADING = "the server is still loading its models; retry in a few seconds (health reports SERVING once it is ready)"
 
 
 class SegmentationService(pb_grpc.SegmentationServicer):
@@ -40,21 +44,27 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         max_streams: int,
         ready: Callable[[], bool],
         idle_timeout: float = 0.0,
+        max_unary: int = 32,
     ) -> None:
         self._pipeline = pipeline
         self._size = size
         self._inflight = inflight
         self._max_streams = max_streams
+        self._max_unary = max_unary
         self._ready = ready
         self._idle_timeout = idle_timeout
         self._ids = itertools.count(1)
         self.open_streams = 0
+        # SegmentImage calls between admission and their answer; each holds a whole image in memory.
+        self.open_unary = 0
         # Set when the server drains: streams stop reading, answer what they took, then end.
         self.draining = asyncio.Event()
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         # Places in the engine for LATEST streams' frames; sized once the engine is known.
         self.live_admission = LiveAdmission(1)
+        # Set by the server once its models are loaded and warmed up; until then calls are refused.
+        self.warm = False
 
     async def Segment(
         self, requests: AsyncIterator[pb.SegmentRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -66,7 +76,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             metrics.rejected.labels(type(exc).__name__).inc()
             await context.abort(*status_for(exc))
         stream = next(self._ids)
-        log_extra = {"stream": stream, "peer": context.peer()}
+        log_extra = {"stream": stream, "peer": clip(context.peer())}
         self._opened()
         answered = 0
         reader = RequestReader(self.draining, self._idle_timeout)
@@ -123,15 +133,30 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         self, request: pb.SegmentImageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SegmentResponse:
         try:
-            self._admit()
+            self._admit_unary()
             settings: StreamSettings = self._pipeline.resolve(request.config)
         except StreamError as exc:
+            if isinstance(exc, TooManyCallsError):
+                self._pipeline.metrics.rejected.labels(type(exc).__name__).inc()
             await context.abort(*status_for(exc))
-        return await self._pipeline.process(request.frame, settings, time.perf_counter())
+        # Counted from here to the answer, however the call ends (a client that cancels included):
+        # no await between the check above and this increment, so the limit cannot be overrun.
+        self._unary_changed(+1)
+        try:
+            return await self._pipeline.process(request.frame, settings, time.perf_counter())
+        finally:
+            self._unary_changed(-1)
+
+    def _unary_changed(self, delta: int) -> None:
+        self.open_unary += delta
+        self._pipeline.metrics.open_unary.set(self.open_unary)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
+        if not self.warm:
+            # An empty list would read as "this server serves no models" rather than "wait a moment".
+            await context.abort(grpc.StatusCode.UNAVAILABLE, LOADING)
         response = pb.ListModelsResponse()
         palette = voc_palette()
         for name, model in self._pipeline.models.items():
@@ -149,12 +174,25 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         return response
 
     def _admit(self) -> None:
-        if not self._ready():
-            raise NotReadyError("the server is loading its models or shutting down; retry shortly")
+        self._check_ready()
         if self.open_streams >= self._max_streams:
             raise TooManyStreamsError(
                 f"the server already serves its maximum of {self._max_streams} streams; retry later"
             )
+
+    def _admit_unary(self) -> None:
+        self._check_ready()
+        if self.open_unary >= self._max_unary:
+            raise TooManyCallsError(
+                f"the server already answers its maximum of {self._max_unary} SegmentImage calls at once "
+                "(--max-unary); retry later"
+            )
+
+    def _check_ready(self) -> None:
+        if not self.warm:
+            raise NotReadyError(LOADING)
+        if not self._ready():
+            raise NotReadyError("the server is not serving (shutting down, or unhealthy); retry shortly")
 
 
 async def _frames(

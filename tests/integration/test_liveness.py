@@ -1,0 +1,176 @@
+"""The liveness watchdog against a real server whose engine hangs: health, metric, log and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from segstream.client import codec
+from segstream.server.app import SegstreamServer
+from segstream.server.config import ModelSpec, ServerConfig
+from segstream.v1 import segmentation_pb2 as pb
+from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from tests.fakes import GatedModel
+from tests.integration.grpc_helpers import channel
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+STALL_TIMEOUT = 0.4
+
+
+@pytest.fixture
+def small_frame(sample_bgr: npt.NDArray[np.uint8]) -> pb.Frame:
+    return codec.frame_from_array(np.ascontiguousarray(sample_bgr[::8, ::8]), frame_id=1, encoding="jpeg")
+
+
+async def _until(condition: Callable[[], bool], within: float = 10.0) -> float:
+    """Polls `condition`; returns the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within, "condition not reached in time"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def _health(stub: health_pb2_grpc.HealthStub) -> int:
+    reply = await stub.Check(health_pb2.HealthCheckRequest(service="segstream.v1.Segmentation"), timeout=5)
+    return int(reply.status)
+
+
+async def _until_health(stub: health_pb2_grpc.HealthStub, status: int, within: float = 10.0) -> float:
+    started = time.monotonic()
+    while await _health(stub) != status:
+        assert time.monotonic() - started < within, f"health never became {status}"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def _segment_image(stub: pb_grpc.SegmentationStub, frame: pb.Frame) -> pb.SegmentResponse:
+    reply: pb.SegmentResponse = await stub.SegmentImage(pb.SegmentImageRequest(frame=frame), timeout=30)
+    return reply
+
+
+def _sample(server: SegstreamServer, name: str) -> float:
+    value = server.metrics.registry.get_sample_value(name)
+    assert value is not None, name
+    return value
+
+
+async def test_a_hung_engine_turns_health_off_until_batches_complete_again(
+    tiny_model: Path, small_frame: pb.Frame, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = GatedModel()
+    config = ServerConfig(
+        models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, stall_timeout_s=STALL_TIMEOUT
+    )
+    server = SegstreamServer(config, models={"gated": model})
+    await server.start()
+    batcher = server.pipeline.batcher
+    assert batcher is not None
+    try:
+        async with channel(server) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            stub = pb_grpc.SegmentationStub(ch)
+            # Idle for longer than the timeout: an idle server is not stalled...
+            await asyncio.sleep(STALL_TIMEOUT * 2)
+            assert await _health(health) == SERVING
+            # ...and its first frame after the idle time is not late from the start: a frame that
+            # waits less than the timeout leaves health alone.
+            model.gate.clear()
+            brief = asyncio.create_task(_segment_image(stub, small_frame))
+            await _until(lambda: batcher.stalled_for()[0] == 1)
+            await asyncio.sleep(STALL_TIMEOUT / 4)
+            assert await _health(health) == SERVING
+            model.gate.set()
+            assert not (await brief).HasField("error")
+            assert _sample(server, "segstream_engine_stalled") == 0
+
+            # Now the engine hangs with frames waiting.
+            model.gate.clear()
+            hold = asyncio.Event()
+
+            async def frames() -> AsyncIterator[pb.SegmentRequest]:
+                for i in range(2):
+                    frame = pb.Frame()
+                    frame.CopyFrom(small_frame)
+                    frame.frame_id = i
+                    yield pb.SegmentRequest(frame=frame)
+                await hold.wait()
+
+            call = stub.Segment(frames(), timeout=30)
+            await _until(lambda: batcher.stalled_for()[0] == 2)
+            with caplog.at_level("ERROR", logger="segstream.server.watchdog"):
+                took = await _until_health(health, NOT_SERVING)
+            assert took < STALL_TIMEOUT * 4, f"NOT_SERVING only after {took:.2f} s"
+            assert _sample(server, "segstream_engine_stalled") == 1
+            assert _sample(server, "segstream_engine_stalls_total") == 1
+            assert "completed no batch for" in caplog.text and "2 frame(s) wait" in caplog.text
+            assert await _health(health) == NOT_SERVING  # it stays off while the engine hangs
+
+            # The engine comes back: both frames are answered and health turns back on.
+            model.gate.set()
+            answered = [await call.read(), await call.read()]
+            assert [r.frame_id for r in answered] == [0, 1]
+            assert not any(r.HasField("error") for r in answered)
+            await _until_health(health, SERVING)
+            assert _sample(server, "segstream_engine_stalled") == 0
+            hold.set()
+            call.cancel()
+    finally:
+        # A hung engine would keep its worker thread (and the server's stop) waiting: release it.
+        model.gate.set()
+        await asyncio.wait_for(server.stop(grace=1), 30)
+
+
+async def test_the_watchdog_never_turns_health_back_on_after_engine_failures(
+    tiny_model: Path, small_frame: pb.Frame
+) -> None:
+    model = GatedModel()
+    config = ServerConfig(
+        models=(ModelSpec("gated", tiny_model),),
+        host="127.0.0.1",
+        port=0,
+        size=32,
+        stall_timeout_s=STALL_TIMEOUT,
+        max_engine_failures=1,
+    )
+    server = SegstreamServer(config, models={"gated": model})
+    await server.start()
+    try:
+        async with channel(server) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            stub = pb_grpc.SegmentationStub(ch)
+            # A stall, then a failed run: health must stay off (the engine failed) after the stall ends.
+            model.gate.clear()
+            model.fail_when_mean_below = 1000.0
+            call = asyncio.create_task(_segment_image(stub, small_frame))
+            await _until_health(health, NOT_SERVING)
+            model.gate.set()
+            assert (await call).error.code == 14  # UNAVAILABLE: the engine failed
+            watchdog = server.watchdog
+            assert watchdog is not None
+            await _until(lambda: not watchdog.stalled)
+            assert _sample(server, "segstream_engine_stalled") == 0
+            assert await _health(health) == NOT_SERVING
+    finally:
+        model.gate.set()
+        await asyncio.wait_for(server.stop(grace=1), 30)
+
+
+async def test_a_stall_timeout_of_zero_turns_the_watchdog_off(tiny_model: Path) -> None:
+    config = ServerConfig(
+        models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, stall_timeout_s=0
+    )
+    server = SegstreamServer(config, models={"gated": GatedModel()})
+    await server.start()
+    try:
+        assert server.watchdog is None
+    finally:
+        await server.stop(grace=1)

@@ -1,0 +1,178 @@
+"""Host upsampling of label maps against ONNX Runtime's Resize(linear, half_pixel) + ArgMax, the old in-graph path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, LOGITS, OUTPUT_SIZE, serving_graph
+from segstream.server import upsample
+from segstream.server.config import ModelSpec
+from segstream.server.ort_model import OrtModel
+from segstream.server.preprocess import inference_shape, resize_rgb
+from tests.conftest import SAMPLES
+
+F32Array = npt.NDArray[np.float32]
+U8Array = npt.NDArray[np.uint8]
+
+# Labels may differ from ONNX Runtime's only where two classes' interpolated logits are float near-ties.
+MIN_EQUAL = 0.99999
+
+
+@pytest.fixture(scope="module")
+def resize_argmax() -> ort.InferenceSession:
+    """ONNX Runtime's own Resize(linear, half_pixel) + ArgMax on [1, C, h, w] logits: the old graph's tail."""
+    nodes = [
+        helper.make_node(
+            "Resize",
+            ["logits", "empty", "empty", "sizes"],
+            ["resized"],
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        ),
+        helper.make_node("ArgMax", ["resized"], ["labels"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resize_argmax",
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "c", "h", "w"]),
+            helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
+        ],
+        [helper.make_tensor_value_info("labels", TensorProto.INT64, [1, "H", "W"])],
+        [numpy_helper.from_array(np.zeros(0, np.float32), "empty")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _reference(session: ort.InferenceSession, logits: F32Array, out: tuple[int, int]) -> U8Array:
+    sizes = np.array([1, logits.shape[0], *out], np.int64)
+    labels = session.run(None, {"logits": logits[None], "sizes": sizes})[0]
+    return np.asarray(labels[0], np.uint8)
+
+
+def _host(logits: F32Array, out: tuple[int, int]) -> U8Array:
+    return upsample.upsample_labels(logits.argmax(0).astype(np.uint8), logits, np.empty(out, np.uint8))
+
+
+def _smooth_logits(rng: np.random.Generator, classes: int, height: int, width: int) -> F32Array:
+    """Logits whose argmax forms regions (like a real network's), so both paths of the upsampling run."""
+    coarse = rng.standard_normal((classes, max(1, height // 6), max(1, width // 6))).astype(np.float32)
+    return np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_CUBIC) for c in coarse]).astype(np.float32)
+
+
+SHAPES = [
+    (5, 7, 13, 29),  # up, odd ratios
+    (64, 85, 480, 640),  # up, the tiny model's inference size to a VGA frame
+    (33, 47, 13, 17),  # down
+    (520, 693, 478, 640),  # down slightly, as at the default --size on a sample photo
+    (13, 17, 5, 61),  # down in height, up in width
+    (1, 1, 3, 4),  # a single source pixel
+    (1, 9, 1, 4),  # one-pixel dims kept
+    (9, 1, 20, 1),
+    (7, 1, 3, 9),
+    (3, 4, 1, 1),  # down to one pixel
+    (64, 64, 64, 200),  # one axis unchanged
+    (2, 3, 301, 257),  # a large ratio
+    (8, 8, 8, 8),  # the inference size itself
+]
+
+
+@pytest.mark.parametrize(("height", "width", "out_height", "out_width"), SHAPES)
+@pytest.mark.parametrize("kind", ["random", "smooth"])
+def test_labels_match_onnx_runtime_resize_and_argmax(
+    resize_argmax: ort.InferenceSession, height: int, width: int, out_height: int, out_width: int, kind: str
+) -> None:
+    rng = np.random.default_rng(height * 1000 + width)
+    if kind == "random":
+        logits = (rng.standard_normal((21, height, width)) * 4).astype(np.float32)
+    else:
+        logits = _smooth_logits(rng, 21, height, width)
+    out = (out_height, out_width)
+    expected = _reference(resize_argmax, logits, out)
+    got = _host(logits, out)
+    assert got.shape == out and got.dtype == np.uint8
+    assert (got == expected).mean() >= MIN_EQUAL
+
+
+def test_strips_and_chunks_of_any_size_give_the_same_labels(
+    resize_argmax: ort.InferenceSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(7)
+    logits = _smooth_logits(rng, 21, 37, 53)
+    logits[:, 10:20] = (rng.standard_normal((21, 10, 53)) * 3).astype(np.float32)  # a noisy band: many chunks
+    expected = _reference(resize_argmax, logits, (211, 97))
+    for strip, source, chunk in [(97, 53 * 3, 7), (1, 1, 1), (1000, 100, 64)]:
+        # One output row per strip, a strip reading a single source row, chunks of one pixel...
+        monkeypatch.setattr(upsample, "STRIP_PIXELS", strip)
+        monkeypatch.setattr(upsample, "STRIP_SOURCE_PIXELS", source)
+        monkeypatch.setattr(upsample, "CHUNK_PIXELS", chunk)
+        np.testing.assert_array_equal(_host(logits, (211, 97)), expected)
+
+
+def test_exact_ties_go_to_the_first_class_like_argmax(resize_argmax: ort.InferenceSession) -> None:
+    logits = np.zeros((4, 3, 5), np.float32)
+    logits[2, 1, 2] = 1.0
+    logits[3, 1, 2] = 1.0  # a tie at the source pixel itself
+    np.testing.assert_array_equal(_host(logits, (11, 7)), _reference(resize_argmax, logits, (11, 7)))
+
+
+def test_labels_and_logits_must_share_the_inference_size() -> None:
+    with pytest.raises(ValueError, match="disagree on the inference size"):
+        upsample.upsample_labels(
+            np.zeros((2, 3), np.uint8), np.zeros((21, 3, 2), np.float32), np.empty((4, 4), np.uint8)
+        )
+
+
+def test_host_graph_outputs_labels_confidence_and_logits_at_the_inference_size(tiny_model: Path) -> None:
+    host = serving_graph(onnx.load(str(tiny_model)), "out", resize_in_graph=False)
+    assert [i.name for i in host.graph.input] == [FRAMES]  # no output_size: nothing is resized
+    assert [o.name for o in host.graph.output] == [LABELS, CONFIDENCE, LOGITS]
+    frames = np.random.default_rng(0).integers(0, 256, (2, 40, 56, 3), dtype=np.uint8)
+    labels, confidence, logits = ort.InferenceSession(host.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {FRAMES: frames}
+    )
+    assert logits.shape == (2, 21, 40, 56) and logits.dtype == np.float32
+    np.testing.assert_array_equal(labels, logits.argmax(1).astype(np.uint8))
+    np.testing.assert_allclose(confidence, logits.max(1).mean((1, 2)), rtol=1e-5)
+    resizing = serving_graph(onnx.load(str(tiny_model)), "out")
+    assert OUTPUT_SIZE in [i.name for i in resizing.graph.input]
+
+
+@pytest.fixture(scope="module")
+def both_paths(tiny_model: Path) -> tuple[OrtModel, OrtModel]:
+    spec = ModelSpec("tiny", tiny_model)
+    host = OrtModel(spec, device="cpu", threads=1)
+    graph = OrtModel(spec, device="cpu", threads=1, cpu_resize_in_graph=True)
+    return host, graph
+
+
+@pytest.mark.parametrize("photo", sorted(p.name for p in SAMPLES.glob("*.jpg")))
+@pytest.mark.parametrize("size", [64, 200, 520])
+def test_sample_photos_get_the_labels_of_the_resizing_graph(
+    both_paths: tuple[OrtModel, OrtModel], photo: str, size: int
+) -> None:
+    host, graph = both_paths
+    assert host.host_upsample and not graph.host_upsample
+    bgr = cv2.imread(str(SAMPLES / photo))
+    assert bgr is not None
+    rgb = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8)
+    shape = inference_shape(rgb.shape[0], rgb.shape[1], size)
+    frames = [resize_rgb(rgb, shape), resize_rgb(np.ascontiguousarray(rgb[::-1]), shape)]  # a batch of two
+    for output in [rgb.shape[:2], shape, (301, 97)]:
+        # Results are views into per-thread buffers: copy before the other model runs.
+        got = host.run("out", frames, output)
+        labels, confidence = got.labels.copy(), got.confidence.copy()
+        expected = graph.run("out", frames, output)
+        assert labels.shape == (2, *output)
+        assert (labels == expected.labels).mean() >= MIN_EQUAL
+        np.testing.assert_array_equal(confidence, expected.confidence)
