@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy server/segstream client/segstream models/segstream tests scripts examples
+	$(BIN)/mypy server/segstream client/segstream protos/segstream/wire models/segstream tools/segstream tests scripts examples
 
 proto-check: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_proto_generated.py tests/unit/test_docs_generated.py

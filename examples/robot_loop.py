@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from segstream.client import AsyncSegmentationClient, FrameInput, SegstreamError, StreamOptions
-from segstream.client.palette import VOC_CLASSES
+from segstream.wire.palette import VOC_CLASSES
 
 U8Array = npt.NDArray[np.uint8]
 

@@ -37,13 +37,13 @@ import cv2
 import numpy as np
 import onnx
 
-from segstream.client import codec
 from segstream.models.build import build_fcn
 from segstream.server.config import ModelSpec
 from segstream.server.ort_model import OrtModel
 from segstream.server.postprocess import OutputSpec, postprocess
 from segstream.server.preprocess import inference_shape, resize_rgb
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire import codec
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "000000017968.jpg"
 APPROACHES = {"host": "labels upsampled on the host (CPU today)", "graph": "logits resized in the graph (before)"}

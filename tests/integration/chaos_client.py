@@ -21,9 +21,10 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 
-from segstream.client import SegmentationClient, StreamOptions, codec
+from segstream.client import SegmentationClient, StreamOptions
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from segstream.wire import codec
 
 LATEST = pb.StreamConfig(policy=pb.FRAME_POLICY_LATEST)
 ORDERED = pb.StreamConfig(policy=pb.FRAME_POLICY_ORDERED)

@@ -24,9 +24,9 @@ from typing import IO
 import grpc
 import numpy as np
 
-from segstream.client import codec
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from segstream.wire import codec
 from tests.integration.server_process import ServerProcess, server_process
 
 REPO = Path(__file__).resolve().parents[2]

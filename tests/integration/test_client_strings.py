@@ -10,11 +10,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from segstream.client import codec
 from segstream.server.config import ModelSpec
 from segstream.server.untrusted import CLIP_LIMIT, clip
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from segstream.wire import codec
 from tests.conftest import ServerFactory
 from tests.integration.grpc_helpers import channel, requests
 

@@ -18,11 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segstream.client import codec
 from segstream.server.app import SegstreamServer
 from segstream.server.config import ModelSpec, ServerConfig
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from segstream.wire import codec
 from tests.conftest import ServerFactory
 from tests.fakes import GatedModel
 from tests.integration.grpc_helpers import channel, requests, segment

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segstream.client import codec
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire import codec
 from tests.conftest import REPO, SAMPLES, ServerFactory
 from tests.integration.grpc_helpers import segment
 

@@ -12,11 +12,11 @@ import numpy.typing as npt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from segstream.client import codec
 from segstream.server.app import SegstreamServer
 from segstream.server.config import ModelSpec, ServerConfig
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from segstream.wire import codec
 from tests.fakes import GatedModel
 from tests.integration.grpc_helpers import channel
 

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from segstream.client import codec
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire import codec
 from tests.conftest import SAMPLES, ServerFactory
 from tests.integration.grpc_helpers import segment
 from tests.integration.reference import reference

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from segstream.client import codec
 from segstream.client.cli import main as client_main
 from segstream.server.cli import main as server_main
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from segstream.wire import codec
 from tests.integration.background_server import HeldModel, background_server, tiny_config
 
 pytestmark = pytest.mark.timeout(60)

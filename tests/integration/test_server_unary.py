@@ -12,12 +12,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from segstream.client import codec
-from segstream.client.palette import VOC_CLASSES, voc_palette
 from segstream.server.app import SegstreamServer
 from segstream.server.config import ModelSpec, ServerConfig
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from segstream.wire import codec
+from segstream.wire.palette import VOC_CLASSES, voc_palette
 from tests.conftest import ServerFactory
 from tests.fakes import GatedModel
 from tests.integration.grpc_helpers import channel, segment

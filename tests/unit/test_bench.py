@@ -18,10 +18,10 @@ from segstream.bench.frames import HEIGHT, WIDTH, encoded_frames, load_photos
 from segstream.bench.report import LoopResult, ServedResult, StreamStats, build_report, render, to_json
 from segstream.bench.served import LoadSpec, run_load
 from segstream.client import StreamOptions
-from segstream.client.codec import decode_encoded
 from segstream.server.app import SegstreamServer
 from segstream.server.config import ModelSpec, ServerConfig
 from segstream.server.engine import BatchResult, U8Array
+from segstream.wire.codec import decode_encoded
 from tests.cli_help import assert_every_option_documented
 from tests.fakes import GatedModel
 

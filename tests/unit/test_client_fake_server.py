@@ -33,10 +33,10 @@ from segstream.client import (
     StreamOptions,
 )
 from segstream.client.cli import main
-from segstream.client.codec import U8Array, as_u8, decode_frame, encode_image, encode_mask
-from segstream.client.palette import VOC_CLASSES, blend, class_share, colorize, voc_palette
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc
+from segstream.wire.codec import U8Array, as_u8, decode_frame, encode_image, encode_mask
+from segstream.wire.palette import VOC_CLASSES, blend, class_share, colorize, voc_palette
 
 FAILING_FRAME = 3
 SERVING = health_pb2.HealthCheckResponse.SERVING

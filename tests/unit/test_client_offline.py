@@ -30,8 +30,8 @@ from segstream.client import (
 from segstream.client._errors import error_from_rpc
 from segstream.client._frames import FrameEncoder, SendLog
 from segstream.client.cli import build_parser, main
-from segstream.client.codec import decode_frame, encode_image, encode_mask
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire.codec import decode_frame, encode_image, encode_mask
 from tests.cli_help import assert_every_option_documented
 
 

@@ -16,7 +16,7 @@ import pytest
 from segstream.client import CameraSource, Reconnect, VideoSourceError
 from segstream.client._sources import parse_source, redact
 from segstream.client.cli import main
-from segstream.client.codec import U8Array
+from segstream.wire.codec import U8Array
 
 FILE_FRAMES = 12
 _QUICK = Reconnect(initial=0.001, max_delay=0.002, jitter=0, max_attempts=3)

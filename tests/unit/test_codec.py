@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segstream.client import codec
-from segstream.client._imageinfo import image_size
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire import codec
+from segstream.wire.imageinfo import image_size
 
 RNG = np.random.default_rng(0)
 IMAGE = RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)

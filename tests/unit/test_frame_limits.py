@@ -8,8 +8,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from segstream.client import codec
-from segstream.client.codec import FrameOverLimitError, InvalidFrameError
 from segstream.server.cli import build_parser, config_from_args
 from segstream.server.config import ConfigError, ModelSpec, ServerConfig
 from segstream.server.errors import status_for
@@ -17,6 +15,8 @@ from segstream.server.frame_limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INFERE
 from segstream.server.gpu_options import GpuOptions
 from segstream.server.preprocess import inference_shape
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire import codec
+from segstream.wire.codec import FrameOverLimitError, InvalidFrameError
 
 
 def _check(limits: FrameLimits, height: int, width: int, size: int) -> None:

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from segstream.client import ModelInfo, codec
+from segstream.client import ModelInfo
 from segstream.models.build import build_fcn
 from segstream.models.serving import serving_graph
 from segstream.server.app import SegstreamServer
@@ -37,6 +37,7 @@ from segstream.server.preprocess import inference_shape, snap_to_bucket
 from segstream.server.providers import nvidia_gpu_present
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from segstream.wire import codec
 from tests.conftest import ServerFactory
 from tests.fakes import GatedModel
 from tests.integration.grpc_helpers import channel, segment

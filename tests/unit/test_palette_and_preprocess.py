@@ -7,8 +7,8 @@ import colorsys
 import numpy as np
 import pytest
 
-from segstream.client.palette import VOC_CLASSES, blend, class_share, colorize, voc_palette
 from segstream.server.preprocess import inference_shape, preprocess
+from segstream.wire.palette import VOC_CLASSES, blend, class_share, colorize, voc_palette
 
 
 def test_palette_follows_the_card() -> None:

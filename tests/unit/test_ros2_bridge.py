@@ -23,7 +23,6 @@ import numpy.typing as npt
 import pytest
 
 from segstream.client import InvalidRequestError
-from segstream.client.palette import blend, colorize
 from segstream.ros2 import (
     PARAMETERS,
     BridgeCore,
@@ -38,6 +37,7 @@ from segstream.ros2 import (
     settings_from_parameters,
 )
 from segstream.ros2.node import NODE_NAME, BridgeNode, launch_file
+from segstream.wire.palette import blend, colorize
 from tests.conftest import ServerFactory
 from tests.unit.test_ros2_convert import camera_image
 

@@ -14,8 +14,6 @@ from hypothesis import strategies as st
 
 import segstream.ros2
 from segstream.client import SegmentResult
-from segstream.client.codec import decode_frame
-from segstream.client.palette import blend, colorize
 from segstream.ros2 import (
     SUPPORTED_ENCODINGS,
     CompressedImage,
@@ -40,6 +38,8 @@ from segstream.ros2 import (
     wire_frame_from_image,
 )
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire.codec import decode_frame
+from segstream.wire.palette import blend, colorize
 
 U8 = npt.NDArray[np.uint8]
 HEADER = Header(Time(1_700_000_123, 456_789_012), "camera_color_optical_frame")

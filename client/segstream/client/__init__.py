@@ -10,7 +10,7 @@ Example:
 `stream(..., reconnect=Reconnect())` carries a stream over server drains and restarts; `CameraSource`
 reads a camera, stream URL or video file and reopens it when it drops.
 
-`segstream.client.codec` and `segstream.client.palette` hold the wire<->numpy conversions and mask
+`segstream.wire.codec` and `segstream.wire.palette` hold the wire<->numpy conversions and mask
 rendering; the exception hierarchy is documented in `SegstreamError`'s module, summarised here:
 SegstreamError > ServerUnavailableError (> ServerNotReadyError), DeadlineExceededError,
 InvalidRequestError, ResourceExhaustedError, AuthenticationError, ServerError.
@@ -35,7 +35,7 @@ from segstream.client._reconnect import Reconnect
 from segstream.client._results import FrameError, ModelInfo, SegmentResult, StageTimings
 from segstream.client._sources import CameraSource, VideoSourceError
 from segstream.client._sync_client import SegmentationClient
-from segstream.client.codec import InvalidFrameError
+from segstream.wire.codec import InvalidFrameError
 
 __all__ = [
     "AsyncSegmentationClient",

@@ -15,8 +15,8 @@ import numpy as np
 from segstream.client._reconnect import Reconnect
 from segstream.client._results import ModelInfo
 from segstream.client._sync_client import SegmentationClient
-from segstream.client.codec import U8Array, as_u8
-from segstream.client.palette import voc_palette
+from segstream.wire.codec import U8Array, as_u8
+from segstream.wire.palette import voc_palette
 
 PROG = "segstream-client"
 

@@ -33,7 +33,7 @@ from segstream.client._cli_support import (
 from segstream.client._options import OutputName, StreamOptions
 from segstream.client._results import SegmentResult
 from segstream.client._sync_client import SegmentationClient
-from segstream.client.codec import U8Array, as_u8
+from segstream.wire.codec import U8Array, as_u8
 
 _FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
 # Redrawing the progress bar's statistics on every frame would cost more than the frames.

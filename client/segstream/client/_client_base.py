@@ -20,7 +20,7 @@ from segstream.client._channel import (
 )
 from segstream.client._frames import check_wire_settings
 from segstream.client._security import PemSource, auth_metadata, channel_security
-from segstream.client.codec import PixelFormatName, WireEncoding
+from segstream.wire.codec import PixelFormatName, WireEncoding
 
 ChannelT = TypeVar("ChannelT")
 

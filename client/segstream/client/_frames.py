@@ -10,8 +10,8 @@ from typing import TypeAlias
 
 import numpy as np
 
-from segstream.client.codec import PixelFormatName, U8Array, WireEncoding, frame_from_array
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire.codec import PixelFormatName, U8Array, WireEncoding, frame_from_array
 
 PIXEL_FORMATS: tuple[PixelFormatName, ...] = ("bgr", "rgb", "gray")
 WIRE_ENCODINGS: tuple[WireEncoding, ...] = ("raw", "jpeg", "png")

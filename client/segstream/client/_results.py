@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from segstream.client._options import HeadName
-from segstream.client.codec import U8Array, decode_image, decode_mask
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire.codec import U8Array, decode_image, decode_mask
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _HEAD_NAMES: dict[int, HeadName] = {pb.HEAD_OUT: "out", pb.HEAD_AUX: "aux"}

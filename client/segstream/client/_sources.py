@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 
 from segstream.client._reconnect import Backoff, Reconnect
-from segstream.client.codec import U8Array, as_u8
+from segstream.wire.codec import U8Array, as_u8
 
 log = logging.getLogger("segstream.client")
 

@@ -23,7 +23,7 @@ from segstream.client._cli_webcam import run_webcam
 from segstream.client._errors import SegstreamError, server_is_loading
 from segstream.client._sources import DEFAULT_REOPEN
 from segstream.client._sync_client import SegmentationClient
-from segstream.client.argparsing import OneLineParser
+from segstream.wire.argparsing import OneLineParser
 
 _DEFAULT_TIMEOUT_S = 10.0
 _DEFAULT_RECONNECT_TIMEOUT_S = 60.0

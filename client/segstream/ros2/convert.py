@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 
 from segstream.client import FrameInput, SegmentResult
-from segstream.client.codec import U8Array, as_u8, timestamp_from_ns
 from segstream.ros2.messages import (
     CompressedImageLike,
     Image,
@@ -40,6 +39,7 @@ from segstream.ros2.messages import (
     Time,
 )
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire.codec import U8Array, as_u8, timestamp_from_ns
 
 _M = TypeVar("_M")
 _H = TypeVar("_H")

@@ -21,7 +21,7 @@ from segstream.client._options import (
     ResolutionName,
 )
 from segstream.client._security import read_token_file
-from segstream.client.codec import WireEncoding
+from segstream.wire.codec import WireEncoding
 
 InputType = Literal["raw", "compressed"]
 DEFAULT_SERVER = "localhost:50051"

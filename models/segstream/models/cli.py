@@ -10,12 +10,12 @@ from pathlib import Path
 
 import onnx
 
-from segstream.client.argparsing import OneLineParser
 from segstream.models.build import ARCHS, WARNING_TEXT, build_fcn
 from segstream.models.catalog import MODELS, UnknownModelError, find_by_sha256, get_model
 from segstream.models.export import ExportError, export_torchvision
 from segstream.models.fetch import DEFAULT_TIMEOUT, FetchError, fetch, sha256_of
 from segstream.models.graph import count_macs, input_names, is_synthetic, model_metadata, output_names
+from segstream.wire.argparsing import OneLineParser
 
 PROG = "segstream-models"
 MODEL_DIR_ENV = "SEGSTREAM_MODEL_DIR"

@@ -10,13 +10,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from segstream.client.argparsing import OneLineParser
 from segstream.server.config import DEVICES, ConfigError, ModelSpec, ServerConfig, env_default, env_option
 from segstream.server.engine import EngineError
 from segstream.server.event_loop import EVENT_LOOPS, EventLoopUnavailable, loop_factory
 from segstream.server.frame_limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INFERENCE_PIXELS
 from segstream.server.gpu_cli import add_gpu_arguments, gpu_options_from_args
 from segstream.server.logs import configure_logging
+from segstream.wire.argparsing import OneLineParser
 
 log = logging.getLogger("segstream.server")
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from segstream.client.codec import DEFAULT_MAX_PIXELS
 from segstream.server.frame_limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INFERENCE_PIXELS
 from segstream.server.gpu_options import GpuOptions
 from segstream.server.ranges import check_range
+from segstream.wire.codec import DEFAULT_MAX_PIXELS
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "tensorrt")

@@ -6,7 +6,7 @@ StreamError            the stream or call itself is wrong; ends the call
         TooManyCallsError      the server's limit on concurrent SegmentImage calls is reached
     NotReadyError          models are still loading, or the server is draining
     IdleStreamError        no message within the idle timeout
-InvalidFrameError      (segstream.client.codec) one frame is bad; answered in its own response
+InvalidFrameError      (segstream.wire.codec) one frame is bad; answered in its own response
     FrameOverLimitError    one frame is beyond a limit (pixels, network input, aspect ratio)
 EngineError            (segstream.server.engine) a model failed to load or run
 """
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import grpc
 
-from segstream.client.codec import FrameOverLimitError, InvalidFrameError
 from segstream.server.config import ConfigError
 from segstream.server.engine import EngineError
+from segstream.wire.codec import FrameOverLimitError, InvalidFrameError
 
 
 class StreamError(Exception):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from segstream.client.codec import FrameOverLimitError
+from segstream.wire.codec import FrameOverLimitError
 
 # 1024 x 1024: the default --size 520 on every common display shape up to 32:9 (520 x 1849 = 961k
 # pixels), at most 3.9 times a square 520 x 520 frame; with --size 0, frames up to 1280 x 800.

@@ -16,7 +16,6 @@ from typing import Any, cast
 
 import grpc
 
-from segstream.client import codec
 from segstream.server.batcher import Batcher, Deliver, Ticket, delivered
 from segstream.server.engine import EngineError, Model, U8Array
 from segstream.server.errors import InvalidConfigError, status_for
@@ -26,6 +25,7 @@ from segstream.server.postprocess import OutputSpec, postprocess
 from segstream.server.preprocess import resize_rgb, snap_to_bucket
 from segstream.server.untrusted import clip
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire import codec
 
 log = logging.getLogger(__name__)
 

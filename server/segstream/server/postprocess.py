@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from segstream.client import codec
-from segstream.client.palette import blend, class_share, colorize
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire import codec
+from segstream.wire.palette import blend, class_share, colorize
 
 U8Array = npt.NDArray[np.uint8]
 F32Array = npt.NDArray[np.float32]

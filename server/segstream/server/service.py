@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 
-from segstream.client.palette import VOC_CLASSES, voc_palette
 from segstream.server.admission import LiveAdmission
 from segstream.server.errors import (
     InvalidConfigError,
@@ -26,6 +25,7 @@ from segstream.server.streams import RequestReader, latest, ordered
 from segstream.server.untrusted import clip
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
+from segstream.wire.palette import VOC_CLASSES, voc_palette
 
 log = logging.getLogger(__name__)
 

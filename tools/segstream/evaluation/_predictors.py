@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from segstream.client import ModelInfo, SegmentationClient, SegmentResult, StreamOptions
-from segstream.client.codec import U8Array
+from segstream.wire.codec import U8Array
 
 if TYPE_CHECKING:
     from segstream.server.ort_model import OrtModel

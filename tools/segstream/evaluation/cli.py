@@ -19,7 +19,6 @@ from pathlib import Path
 from segstream.client import SegstreamError
 from segstream.client._cli_security import add_security_options, security_kwargs
 from segstream.client._cli_support import CliError
-from segstream.client.argparsing import OneLineParser
 from segstream.evaluation._coco import DatasetError, load_dataset
 from segstream.evaluation._evaluate import TorchvisionResult, ZooResult, evaluate_torchvision, evaluate_zoo
 from segstream.evaluation._predictors import (
@@ -30,6 +29,7 @@ from segstream.evaluation._predictors import (
     ServerPredictor,
 )
 from segstream.evaluation._report import Report, format_text, to_json
+from segstream.wire.argparsing import OneLineParser
 
 PROG = "segstream-eval"
 PROTOCOLS = ("torchvision", "zoo", "both")

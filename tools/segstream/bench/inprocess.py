@@ -14,13 +14,14 @@ import numpy as np
 import onnxruntime as ort
 
 from segstream.bench.report import LoopResult
-from segstream.client import StreamOptions, codec
+from segstream.client import StreamOptions
 from segstream.server.app import load_models
 from segstream.server.config import ServerConfig
 from segstream.server.postprocess import OutputSpec, postprocess
 from segstream.server.preprocess import normalize_into, resize_rgb, snap_to_bucket
 from segstream.server.providers import check_loaded, provider_list
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire import codec
 
 
 def output_spec(options: StreamOptions) -> OutputSpec:

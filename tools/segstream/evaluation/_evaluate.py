@@ -11,7 +11,6 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from segstream.client.codec import U8Array
 from segstream.evaluation._coco import Sample, instance_masks, read_rgb
 from segstream.evaluation._metrics import (
     ConfusionMatrix,
@@ -21,6 +20,7 @@ from segstream.evaluation._metrics import (
     zoo_image_score,
 )
 from segstream.evaluation._predictors import PredictionError, Predictor, Resolution, predict_all
+from segstream.wire.codec import U8Array
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from typing import Any, cast
 
 from segstream.bench.frames import HEIGHT, WIDTH
 from segstream.client import StreamOptions
-from segstream.client.argparsing import OneLineParser
 from segstream.server.config import DEVICES, Device, ModelSpec
 from segstream.server.ranges import check_range
+from segstream.wire.argparsing import OneLineParser
 
 PROG = "segstream-bench"
 ARCHS = ("resnet50", "resnet101", "tiny")

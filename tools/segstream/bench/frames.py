@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segstream.client import codec
-from segstream.client.codec import U8Array
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire import codec
+from segstream.wire.codec import U8Array
 
 WIDTH, HEIGHT = 640, 480
 JPEG_QUALITY = 90

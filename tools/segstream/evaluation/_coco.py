@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from segstream.client.codec import U8Array
+from segstream.wire.codec import U8Array
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -40,7 +40,7 @@ class Instance:
     """One annotated object of a VOC class.
 
     Attributes:
-        voc_index: Its class, 1..20 (see segstream.client.palette.VOC_CLASSES).
+        voc_index: Its class, 1..20 (see segstream.wire.palette.VOC_CLASSES).
         segmentation: As in the JSON: a list of polygons, or an RLE dict (list or string counts).
         iscrowd: The annotation's crowd flag (crowd regions count like any instance in both protocols).
         annotation_id: The annotation's id, for error messages.

@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from segstream.client._imageinfo import image_kind, image_size
 from segstream.v1 import segmentation_pb2 as pb
+from segstream.wire.imageinfo import image_kind, image_size
 
 U8Array = npt.NDArray[np.uint8]
 PixelFormatName = Literal["rgb", "bgr", "gray"]

@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from segstream.client.codec import U8Array
 from segstream.evaluation._coco import NUM_CLASSES, BoolArray, check_instances
+from segstream.wire.codec import U8Array
 
 IGNORE = 255
 """Target value of pixels covered by two or more instances; protocol 1 leaves them out."""

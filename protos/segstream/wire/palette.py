@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from segstream.client.codec import as_u8
+from segstream.wire.codec import as_u8
 
 VOC_CLASSES: tuple[str, ...] = (
     "__background__",

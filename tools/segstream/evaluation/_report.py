@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
-from segstream.client.palette import VOC_CLASSES
 from segstream.evaluation._evaluate import TorchvisionResult, ZooResult
 from segstream.evaluation._predictors import ModelDescription
+from segstream.wire.palette import VOC_CLASSES
 
 
 @dataclass(frozen=True)

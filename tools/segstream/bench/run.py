@@ -30,9 +30,9 @@ from segstream.bench.served import (
     warm_up,
 )
 from segstream.client import ModelInfo
-from segstream.client.codec import U8Array
 from segstream.server.config import ModelSpec, ServerConfig
 from segstream.server.event_loop import loop_factory
+from segstream.wire.codec import U8Array
 
 
 def say(message: str) -> None:
