@@ -80,6 +80,7 @@ def act(command: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    """The control loop: one STOP/GO decision per segmented frame, then a latency summary."""
     async with AsyncSegmentationClient(args.server, pixel_format="bgr") as client:
         await client.wait_ready(timeout=args.wait)
         models = await client.models(timeout=10)
@@ -117,6 +118,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the loop and return the exit status (1 when the server fails)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--server", default="localhost:50051", help="segstream server host:port")
     parser.add_argument("--source", default="synthetic", help="camera index, video file or URL, or 'synthetic'")

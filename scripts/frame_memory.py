@@ -156,6 +156,7 @@ def run_child(model: Path, size: int, megapixels: float, approach: str, threads:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure each frame size in a fresh child process and print the table (a child prints one JSON line)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--model", type=Path, help="ONNX model (default: a synthetic FCN-ResNet50, built here)")
     parser.add_argument("--size", type=int, default=520, help="short side of the network input (default 520)")

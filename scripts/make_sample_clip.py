@@ -33,6 +33,7 @@ def pan(image: npt.NDArray[np.uint8], frames: int) -> list[npt.NDArray[np.uint8]
 
 
 def main() -> None:
+    """Write samples/coco-pan.mp4 from the bundled photographs."""
     writer = cv2.VideoWriter(str(SAMPLES / "coco-pan.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), FPS, SIZE)
     if not writer.isOpened():
         raise SystemExit("OpenCV cannot write mp4v video here")

@@ -64,6 +64,7 @@ def _type(field: descriptor_pb2.FieldDescriptorProto) -> str:
 
 
 def render() -> str:
+    """The Markdown of docs/api.md: every message, field, enum and value with its .proto comment."""
     proto = _load()
     notes = _comments(proto)
     lines = [
@@ -104,6 +105,7 @@ def render() -> str:
 
 
 def main() -> int:
+    """Write docs/api.md, or with --check exit 1 when the committed file differs from a fresh render."""
     text = render()
     if "--check" in sys.argv[1:]:
         if not OUT.exists() or OUT.read_text() != text:

@@ -76,6 +76,7 @@ async def _measure(port: int, frames: int) -> tuple[float, float]:
 
 
 def main() -> int:
+    """Start the bare server in a child process, time the round trips against it and print the floor."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pause-ms", type=float, default=42.0, help="server-side idle wait per frame (default 42)")
     parser.add_argument("--frames", type=int, default=200, help="frames to time (default 200)")

@@ -27,11 +27,13 @@ pytestmark = pytest.mark.gpu
 SHAPE = (96, 128)  # inference shape of the test frames (height, width)
 
 
-def _load(spec: ModelSpec, device: Device, gpu: GpuOptions | None = None) -> OrtModel:
+def _load(
+    spec: ModelSpec, device: Device, gpu: GpuOptions | None = None, buckets: tuple[tuple[int, int], ...] = ()
+) -> OrtModel:
     if not nvidia_gpu_present():
         pytest.skip("no NVIDIA driver on this machine (/proc/driver/nvidia/version is missing)")
     try:
-        return OrtModel(spec, device=device, gpu=gpu)
+        return OrtModel(spec, device=device, gpu=gpu, buckets=buckets)
     except EngineError as exc:
         pytest.skip(f"{device} cannot load here: {exc}")
 
@@ -86,7 +88,7 @@ def test_fp16_agrees_with_fp32_on_cuda(spec: ModelSpec, cuda_model: OrtModel, fr
 
 
 def test_cuda_graphs_replay_new_frames(spec: ModelSpec, cuda_model: OrtModel, frames: list[U8Array]) -> None:
-    graphs = _load(spec, "cuda", GpuOptions(cuda_graph=True, buckets=(SHAPE,)))
+    graphs = _load(spec, "cuda", GpuOptions(cuda_graph=True), buckets=(SHAPE,))
     assert graphs.cuda_graphs and graphs.sessions_per_head == 2
     for frame in (frames[0], frames[1], frames[0], frames[1]):  # capture, then replays with new input
         replayed, plain = _run(graphs, [frame]), _run(cuda_model, [frame])
@@ -97,7 +99,7 @@ def test_cuda_graphs_replay_new_frames(spec: ModelSpec, cuda_model: OrtModel, fr
 def test_tensorrt_with_bucket_profiles(
     spec: ModelSpec, frames: list[U8Array], tmp_path: Path, cuda_model: OrtModel
 ) -> None:
-    trt = _load(spec, "tensorrt", GpuOptions(buckets=(SHAPE, SHAPE[::-1]), trt_cache_dir=tmp_path))
+    trt = _load(spec, "tensorrt", GpuOptions(trt_cache_dir=tmp_path), buckets=(SHAPE, SHAPE[::-1]))
     assert trt.provider == TENSORRT and trt.sessions_per_head == 2
     assert np.mean(_run(trt, frames).labels == _run(cuda_model, frames).labels) >= 0.99
     assert any(tmp_path.iterdir()), "TensorRT wrote no engine cache"

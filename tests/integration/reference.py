@@ -12,8 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-MEAN = np.array([0.485, 0.456, 0.406])
-STD = np.array([0.229, 0.224, 0.225])
+from segstream.models.serving import MEAN, STD
 
 
 def card_input(rgb: npt.NDArray[np.uint8], size: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
@@ -22,7 +21,7 @@ def card_input(rgb: npt.NDArray[np.uint8], size: int) -> tuple[npt.NDArray[np.ui
         scale = size / min(height, width)
         shape = (size, round(width * scale)) if height <= width else (round(height * scale), size)
         rgb = np.asarray(cv2.resize(rgb, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR), np.uint8)
-    x = ((rgb.astype(np.float64) / 255.0 - MEAN) / STD).transpose(2, 0, 1)[None].astype(np.float32)
+    x = ((rgb.astype(np.float64) / 255.0 - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)[None].astype(np.float32)
     return rgb, x
 
 

@@ -72,8 +72,8 @@ async def test_a_hung_engine_turns_health_off_until_batches_complete_again(
     )
     server = SegstreamServer(config, models={"gated": model})
     await server.start()
+    assert server.pipeline is not None
     batcher = server.pipeline.batcher
-    assert batcher is not None
     try:
         async with channel(server) as ch:
             health = health_pb2_grpc.HealthStub(ch)

@@ -1,4 +1,5 @@
-"""Startup as a new user meets it: busy ports refused in one line, and a server still loading says so."""
+"""Startup as a new user meets it: busy ports, foreign addresses, unreadable models and absent GPUs refused in
+one line, and a server still loading says so."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from segstream.client.cli import main as client_main
 from segstream.server.cli import main as server_main
+from segstream.server.gpu_options import CUDA, TENSORRT
+from segstream.server.providers import nvidia_gpu_present
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
 from segstream.wire import codec
 from tests.integration.background_server import HeldModel, background_server, tiny_config
+from tests.unit.test_ports import FOREIGN
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,3 +124,33 @@ def test_calls_before_the_models_are_warm_answer_loading(tiny_model: Path, capsy
             model.gate.set()  # before the server stops: its start waits on the gate
         server.started.result(timeout=30)
         assert [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models] == ["tiny"]
+
+
+def test_the_server_refuses_a_foreign_address_in_one_line(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model", str(tiny_model), "--host", FOREIGN, "--port", "0", "--log-level", "WARNING"]
+    assert server_main(argv) == 1
+    err = capsys.readouterr().err
+    assert (
+        err == f"segstream-server: error: --port 0: cannot listen on {FOREIGN}: it is not an address of this machine\n"
+    )
+
+
+def test_unreadable_model_fails_at_startup_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    assert server_main(["--model", str(broken), "--port", "0", "--host", "127.0.0.1", "--log-level", "ERROR"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("segstream-server: error: model broken: cannot read")
+
+
+@pytest.mark.parametrize(("device", "provider"), [("cuda", CUDA), ("tensorrt", TENSORRT)])
+def test_explicit_gpu_device_without_gpu_fails_at_startup_in_one_line(
+    device: str, provider: str, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if nvidia_gpu_present():
+        pytest.skip("this machine has an NVIDIA GPU: the provider may really load")
+    argv = ["--model", str(tiny_model), "--device", device, "--port", "0", "--host", "127.0.0.1"]
+    assert server_main([*argv, "--log-level", "ERROR"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(f"segstream-server: error: model tiny: --device {device} asked for {provider}")
+    assert "no NVIDIA driver" in lines[-1] and "--device cpu" in lines[-1]

@@ -33,7 +33,7 @@ from segstream.client import (
 from segstream.client import cli as client_cli
 from segstream.server import cli as server_cli
 from segstream.server.config import ConfigError, ModelSpec, ServerConfig
-from segstream.server.security import BearerTokenInterceptor, read_tokens
+from segstream.server.security import BearerTokenInterceptor, read_tokens, server_security
 from tests.conftest import ServerFactory
 
 pytestmark = pytest.mark.timeout(30)
@@ -353,20 +353,59 @@ def test_token_file_format(tmp_path: Path, token_file: Path) -> None:
 
 def test_security_settings_are_checked_with_one_line_errors(tiny_model: Path, pki: Pki, tmp_path: Path) -> None:
     models = (ModelSpec("tiny", tiny_model),)
-    cases: list[tuple[dict[str, Any], str]] = [
+    key_text = pki.server_key.read_text().splitlines()[1]
+    # Flags that do not go together: the values alone say so.
+    pairs: list[tuple[dict[str, Any], str]] = [
         ({"tls_cert": pki.server_cert}, "--tls-cert and --tls-key go together"),
         ({"tls_key": pki.server_key}, "--tls-cert and --tls-key go together"),
         ({"tls_client_ca": pki.ca}, "--tls-client-ca needs --tls-cert"),
-        ({"tls_cert": pki.server_key, "tls_key": pki.server_key}, "not a PEM certificate chain"),
-        ({"tls_cert": pki.server_cert, "tls_key": pki.server_cert}, "not a PEM private key"),
-        ({"tls_cert": pki.server_cert, "tls_key": tmp_path / "nope.pem"}, "cannot read it"),
-        ({"auth_token_file": tmp_path / "missing"}, "cannot read it"),
     ]
-    key_text = pki.server_key.read_text().splitlines()[1]
-    for settings, message in cases:
+    for settings, message in pairs:
         with pytest.raises(ConfigError, match=message) as info:
             ServerConfig(models=models, **settings)
+        assert "\n" not in str(info.value)
+    # Files that cannot serve: found where they are read, as the server builds its credentials.
+    files: list[tuple[dict[str, Any], str]] = [
+        ({"tls_cert": pki.server_key, "tls_key": pki.server_key}, "--tls-cert .*: not a PEM certificate chain"),
+        ({"tls_cert": pki.server_cert, "tls_key": pki.server_cert}, "--tls-key .*: not a PEM private key"),
+        ({"tls_cert": pki.server_cert, "tls_key": tmp_path / "nope.pem"}, "--tls-key .*nope.pem: cannot read it"),
+        (
+            {"tls_cert": pki.server_cert, "tls_key": pki.server_key, "tls_client_ca": pki.server_key},
+            "--tls-client-ca .*: not PEM CA certificates",
+        ),
+        ({"auth_token_file": tmp_path / "missing"}, "--auth-token-file .*missing: cannot read it"),
+    ]
+    for settings, message in files:
+        config = ServerConfig(models=models, **settings)
+        with pytest.raises(ConfigError, match=message) as info:
+            server_security(config)
         assert "\n" not in str(info.value) and key_text not in str(info.value)
+
+
+def test_security_files_are_read_once_when_the_server_is_built(
+    tiny_model: Path, pki: Pki, token_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[Path] = []
+    read_bytes = Path.read_bytes
+
+    def counting_read_bytes(path: Path) -> bytes:
+        reads.append(path)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counting_read_bytes)
+    config = ServerConfig(
+        models=(ModelSpec("tiny", tiny_model),),
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        tls_client_ca=pki.ca,
+        auth_token_file=token_file,
+    )
+    assert reads == []  # ServerConfig holds values only
+    security = server_security(config)
+    assert sorted(reads) == sorted([pki.server_cert, pki.server_key, pki.ca, token_file])
+    assert security.credentials is not None and len(security.interceptors) == 1
+    plain = server_security(ServerConfig(models=(ModelSpec("tiny", tiny_model),)))
+    assert (plain.credentials, plain.interceptors) == (None, ())
 
 
 @pytest.mark.parametrize(
@@ -374,6 +413,8 @@ def test_security_settings_are_checked_with_one_line_errors(tiny_model: Path, pk
     [
         (["--tls-cert", "server.pem"], "--tls-cert and --tls-key go together"),
         (["--auth-token-file", "missing-tokens"], "--auth-token-file missing-tokens: cannot read it"),
+        (["--tls-cert", "missing.pem", "--tls-key", "server.pem"], "--tls-cert missing.pem: cannot read it"),
+        (["--tls-cert", "server.pem", "--tls-key", "server.pem"], "not a PEM private key"),
     ],
 )
 def test_server_cli_security_errors_are_one_line(
@@ -385,6 +426,20 @@ def test_server_cli_security_errors_are_one_line(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_a_bad_security_file_fails_before_any_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")  # loading it would fail with exit status 1
+    argv = ["--model", str(broken), "--port", "0", "--host", "127.0.0.1", "--auth-token-file", str(tmp_path / "x")]
+    with pytest.raises(SystemExit) as info:
+        server_cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"segstream-server: error: --auth-token-file {tmp_path / 'x'}: cannot read it (No such file or directory)\n"
+    )
 
 
 def test_server_cli_reads_security_settings_from_flags_and_environment(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from segstream.server.batcher import Batcher, settle_from_thread
+from segstream.server.batcher import Batcher, delivered, settle_from_thread
 
 
 class Recorder:
@@ -28,8 +28,13 @@ class Recorder:
         return [ValueError(f"bad {item}") if item == "bad" else f"{key}:{item}" for item in items]
 
 
+async def submit(batcher: Batcher, key: Hashable, payload: Any) -> tuple[Any, float]:
+    """What the pipeline does with a frame: puts it in, then awaits its delivery on the event loop."""
+    return await delivered(lambda deliver, ticket: batcher.put(key, payload, deliver, ticket))
+
+
 async def run(batcher: Batcher, calls: list[tuple[Hashable, Any]]) -> list[Any]:
-    return list(await asyncio.gather(*(batcher.submit(k, v) for k, v in calls), return_exceptions=True))
+    return list(await asyncio.gather(*(submit(batcher, k, v) for k, v in calls), return_exceptions=True))
 
 
 @pytest.fixture
@@ -92,9 +97,9 @@ async def test_a_runner_crash_fails_only_that_batch() -> None:
 async def test_cancelled_frames_are_withdrawn_before_running(recorder: Recorder) -> None:
     recorder.gate.clear()
     async with started(Batcher(recorder, workers=1, max_batch=1)) as batcher:
-        first = asyncio.create_task(batcher.submit("k", "first"))
+        first = asyncio.create_task(submit(batcher, "k", "first"))
         await asyncio.sleep(0.05)  # "first" is now running and holds the only worker
-        waiting = [asyncio.create_task(batcher.submit("k", f"w{i}")) for i in range(5)]
+        waiting = [asyncio.create_task(submit(batcher, "k", f"w{i}")) for i in range(5)]
         await asyncio.sleep(0.05)
         for task in waiting[:4]:
             task.cancel()
@@ -111,8 +116,8 @@ async def test_close_cancels_what_is_still_queued(recorder: Recorder) -> None:
     recorder.gate.clear()
     batcher = Batcher(recorder, workers=1)
     batcher.start()
-    running = asyncio.create_task(batcher.submit("k", 1))
-    queued = asyncio.create_task(batcher.submit("k", 2))
+    running = asyncio.create_task(submit(batcher, "k", 1))
+    queued = asyncio.create_task(submit(batcher, "k", 2))
     await asyncio.sleep(0.05)
     closing = asyncio.create_task(batcher.close())
     await asyncio.sleep(0.05)
@@ -123,7 +128,7 @@ async def test_close_cancels_what_is_still_queued(recorder: Recorder) -> None:
         await queued
     # Frames put in after closing are cancelled at once rather than left waiting.
     with pytest.raises(asyncio.CancelledError):
-        await batcher.submit("k", 3)
+        await submit(batcher, "k", 3)
 
 
 async def test_frames_put_from_other_threads_reach_the_workers(recorder: Recorder) -> None:
@@ -170,4 +175,4 @@ async def test_a_failing_delivery_does_not_stop_a_worker(recorder: Recorder) -> 
 
     async with started(Batcher(recorder, workers=1)) as batcher:
         batcher.put("k", "lost", broken)
-        assert (await batcher.submit("k", "next"))[0] == "k:next"
+        assert (await submit(batcher, "k", "next"))[0] == "k:next"

@@ -1,29 +1,22 @@
-"""segstream-bench: options, the report's arithmetic, LATEST accounting, and one small end-to-end run."""
+"""segstream-bench without a server: options, frames, the report's arithmetic, a device that cannot load.
+
+The runs against a server are in tests/integration/test_bench_served.py.
+"""
 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from segstream.bench.cli import build_parser, main
-from segstream.bench.cpu import CpuMeter, CpuUse
+from segstream.bench.cpu import CpuUse
 from segstream.bench.frames import HEIGHT, WIDTH, encoded_frames, load_photos
 from segstream.bench.report import LoopResult, ServedResult, StreamStats, build_report, render, to_json
-from segstream.bench.served import LoadSpec, run_load
-from segstream.client import StreamOptions
-from segstream.server.app import SegstreamServer
-from segstream.server.config import ModelSpec, ServerConfig
-from segstream.server.engine import BatchResult, U8Array
 from segstream.wire.codec import decode_encoded
 from tests.cli_help import assert_every_option_documented
-from tests.fakes import GatedModel
 
 REQUIRED_KEYS = {
     "served_fps",
@@ -206,48 +199,6 @@ def test_report_without_answers_has_no_figures_but_valid_json() -> None:
     json.loads(to_json(report))
 
 
-class SlowModel(GatedModel):
-    """The fake engine taking a fixed time per batch, so that a fast LATEST sender overtakes it."""
-
-    def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
-        time.sleep(0.02)
-        return super().run(head, frames, output_size)
-
-
-async def test_latest_accounting_answered_plus_dropped_is_sent(tiny_model: Path) -> None:
-    config = ServerConfig(models=(ModelSpec("slow", tiny_model),), host="127.0.0.1", port=0, size=32, warmup=False)
-    server = SegstreamServer(config, models={"slow": SlowModel()})
-    port = await server.start()
-    try:
-        frames = encoded_frames(load_photos())[:2]
-        spec = LoadSpec(streams=2, frames=25, options=StreamOptions(policy="latest"))
-        meter = CpuMeter()
-        streams, wall = await run_load(f"127.0.0.1:{port}", frames, spec)
-        cpu = meter.stop()
-    finally:
-        await server.stop(grace=1.0)
-    assert wall > 0 and cpu.wall_s >= wall
-    for stats in streams:
-        assert stats.sent == 25 and stats.errors == 0
-        assert stats.answered + stats.dropped == stats.sent
-        assert stats.dropped > 0  # 25 frames sent at once to a 20 ms engine
-        assert len(stats.latencies_ms) == stats.answered
-
-
-async def test_rate_paces_the_sends(tiny_model: Path) -> None:
-    config = ServerConfig(models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, warmup=False)
-    server = SegstreamServer(config, models={"gated": GatedModel()})
-    port = await server.start()
-    try:
-        frames = encoded_frames(load_photos())[:1]
-        spec = LoadSpec(streams=1, frames=6, options=StreamOptions(policy="ordered"), window=4, rate=50.0)
-        streams, wall = await run_load(f"127.0.0.1:{port}", frames, spec)
-    finally:
-        await server.stop(grace=1.0)
-    assert streams[0].answered == 6
-    assert wall >= 5 / 50.0  # the sixth frame is due 100 ms after the first
-
-
 def test_a_device_that_cannot_load_is_one_line_and_exit_1(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from segstream.server.providers import nvidia_gpu_present
 
@@ -257,34 +208,3 @@ def test_a_device_that_cannot_load_is_one_line_and_exit_1(tiny_model: Path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err[-1].startswith("segstream-bench: error: ") and "--device cuda" in err[-1]
-
-
-def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--model", str(tiny_model), "--size", "32", "--threads", "1", "--streams", "2", "--frames", "3"]
-    code = main([*argv, "--iterations", "3", "--warmup", "1", "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    lines = out.strip().splitlines()
-    assert len(lines) == 1
-    report = json.loads(lines[0])
-    assert report.keys() >= REQUIRED_KEYS
-    assert (report["streams"], report["frames"], report["policy"], report["size"]) == (2, 3, "ordered", 32)
-    assert report["model"] == "tiny" and report["provider"] == "CPUExecutionProvider"
-    assert report["sent"] == report["answered"] == 6 and report["dropped"] == 0
-    assert report["ratio_raw"] == pytest.approx(report["served_fps"] / report["raw_fps"], rel=1e-3)
-    assert report["ratio_pipeline"] == pytest.approx(report["served_fps"] / report["pipeline_fps"], rel=1e-3)
-    assert report["raw_iterations"] == report["pipeline_iterations"] == 3  # 2 before the server, 1 after
-    assert report["pipeline_drift"] is not None
-    assert report["server_peak_rss_mb"] > 0 and report["bench_peak_rss_mb"] > 0
-    assert "served/pipeline" in err
-
-
-def test_transport_floor_script_times_a_bare_round_trip() -> None:
-    script = Path(__file__).resolve().parents[2] / "scripts" / "transport_floor.py"
-    argv = [sys.executable, str(script), "--pause-ms", "5", "--frames", "10", "--event-loop", "asyncio"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    match = re.search(r"measured pause ([\d.]+) ms, round trip above the pause ([\d.]+) ms", done.stdout)
-    assert match, done.stdout
-    pause, above = float(match[1]), float(match[2])
-    assert pause >= 5.0 and 0.0 < above < 50.0

@@ -91,6 +91,14 @@ def test_a_file_is_read_to_its_end(video: Path) -> None:
         assert len(list(source)) == 5
 
 
+def test_the_capture_properties_are_read_until_closed(video: Path) -> None:
+    source = CameraSource(video, pace=False)
+    assert source.get(cv2.CAP_PROP_FPS) == pytest.approx(200.0)
+    assert (source.get(cv2.CAP_PROP_FRAME_WIDTH), source.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (64, 48)
+    source.close()
+    assert source.get(cv2.CAP_PROP_FPS) == 0.0
+
+
 def test_a_file_is_paced_at_its_frame_rate(video: Path) -> None:
     started = time.monotonic()
     with CameraSource(str(video), max_frames=10) as source:

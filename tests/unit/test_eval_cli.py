@@ -1,5 +1,5 @@
-"""segstream-eval end to end: in-process engine and real servers on the hand-computed dataset, the
-synthetic model's warning, and command-line errors.
+"""segstream-eval end to end in process: the engine on the hand-computed dataset, the synthetic model's
+warning, and command-line errors (the runs against real servers are in tests/integration/test_eval_served.py).
 
 The "oracle" model reads each pixel's class from its red channel (red = 10 x class), so the real
 engine (resize, normalisation, serving graph, argmax) predicts exactly what test_eval_protocols'
@@ -8,7 +8,6 @@ fake predictor does, and the command must print exactly the hand-computed figure
 
 from __future__ import annotations
 
-import asyncio
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -20,10 +19,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from segstream.evaluation.cli import build_parser, main
-from segstream.server.config import ModelSpec
-from segstream.server.preprocess import MEAN, STD
+from segstream.models.serving import MEAN, STD
 from tests.cli_help import assert_every_option_documented
-from tests.conftest import ServerFactory
 from tests.unit.test_eval_protocols import (
     EXPECTED_MATRIX,
     EXPECTED_MEAN_IOU_PRESENT,
@@ -69,11 +66,11 @@ def oracle(tmp_path: Path) -> Path:
     return build_oracle(tmp_path / "oracle.onnx")
 
 
-def _args(data: tuple[Path, Path], *extra: str) -> list[str]:
+def eval_args(data: tuple[Path, Path], *extra: str) -> list[str]:
     return ["--images", str(data[0]), "--annotations", str(data[1]), "--no-progress", "--json", *extra]
 
 
-def _check_exact(report: dict[str, Any]) -> None:
+def check_exact(report: dict[str, Any]) -> None:
     torchvision, zoo = report["torchvision"], report["zoo"]
     matrix = np.array(torchvision["confusion_matrix"])
     assert {(int(r), int(c)): int(matrix[r, c]) for r, c in zip(*np.nonzero(matrix), strict=True)} == EXPECTED_MATRIX
@@ -94,10 +91,10 @@ def _check_exact(report: dict[str, Any]) -> None:
 def test_in_process_engine_reproduces_the_hand_computed_figures(
     data: tuple[Path, Path], oracle: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(_args(data, "--model", str(oracle), "--size", "4", "--threads", "1")) == 0
+    assert main(eval_args(data, "--model", str(oracle), "--size", "4", "--threads", "1")) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out)
-    _check_exact(report)
+    check_exact(report)
     assert report["synthetic"] is False and report["warnings"] == []
     assert report["model"]["source"] == "in-process engine"
     assert "SYNTHETIC" not in captured.err
@@ -106,7 +103,7 @@ def test_in_process_engine_reproduces_the_hand_computed_figures(
 def test_text_output_has_the_summary_and_a_per_class_table(
     data: tuple[Path, Path], oracle: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [a for a in _args(data, "--model", str(oracle), "--size", "4") if a != "--json"]
+    args = [a for a in eval_args(data, "--model", str(oracle), "--size", "4") if a != "--json"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"pixel accuracy    {100 * float(EXPECTED_PIXEL_ACCURACY):.2f}" in out
@@ -122,7 +119,7 @@ def test_text_output_has_the_summary_and_a_per_class_table(
 def test_limit_takes_the_first_images_by_id(
     data: tuple[Path, Path], oracle: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(_args(data, "--model", str(oracle), "--size", "4", "--limit", "2")) == 0
+    assert main(eval_args(data, "--model", str(oracle), "--size", "4", "--limit", "2")) == 0
     report = json.loads(capsys.readouterr().out)
     # Images 3 and 4 (all background: 14 + 16 true negatives, 2 false persons) are left out.
     matrix = np.array(report["torchvision"]["confusion_matrix"])
@@ -131,36 +128,10 @@ def test_limit_takes_the_first_images_by_id(
     assert report["zoo"]["mean_iou"] == float(EXPECTED_ZOO_MEAN_IOU)
 
 
-async def test_servers_reproduce_the_hand_computed_figures(
-    data: tuple[Path, Path], oracle: Path, server_factory: ServerFactory, capsys: pytest.CaptureFixture[str]
-) -> None:
-    models = (ModelSpec("oracle", oracle),)
-    async with server_factory(models, size=4) as resized, server_factory(models, size=0) as native:
-        args = _args(data, "--server", f"127.0.0.1:{resized.port}", "--zoo-server", f"127.0.0.1:{native.port}")
-        assert await asyncio.to_thread(main, [*args, "--size", "4", "--timeout", "20"]) == 0
-        report = json.loads(capsys.readouterr().out)
-        _check_exact(report)
-        assert report["warnings"] == []
-        assert report["model"]["source"] == f"server 127.0.0.1:{resized.port}"
-
-        # One server at --size 4 for both protocols: protocol 2 is then not the notebook's, and it says so.
-        args = _args(data, "--server", f"127.0.0.1:{resized.port}", "--protocol", "zoo", "--size", "4")
-        assert await asyncio.to_thread(main, args) == 0
-        captured = capsys.readouterr()
-        assert "start a server with --size 0" in captured.err
-        assert "torchvision" not in json.loads(captured.out)
-
-        args = _args(data, "--server", f"127.0.0.1:{native.port}", "--protocol", "torchvision")
-        assert await asyncio.to_thread(main, args) == 0
-        captured = capsys.readouterr()
-        assert "not --size 520" in captured.err
-        assert json.loads(captured.out)["torchvision"]["size"] == 0
-
-
 def test_synthetic_model_runs_and_says_its_figures_are_meaningless(
     data: tuple[Path, Path], tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [a for a in _args(data, "--model", str(tiny_model), "--size", "16") if a != "--json"]
+    args = [a for a in eval_args(data, "--model", str(tiny_model), "--size", "16") if a != "--json"]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "SYNTHETIC" in captured.err and "meaningless" in captured.err
@@ -172,32 +143,20 @@ def test_synthetic_model_runs_and_says_its_figures_are_meaningless(
 def test_errors_are_one_line_with_what_to_fix(
     data: tuple[Path, Path], oracle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(_args((data[0], tmp_path / "missing.json"), "--model", str(oracle))) == 2
+    assert main(eval_args((data[0], tmp_path / "missing.json"), "--model", str(oracle))) == 2
     assert "missing.json: cannot read it" in capsys.readouterr().err
-    assert main(_args((tmp_path, data[1]), "--model", str(oracle))) == 2
+    assert main(eval_args((tmp_path, data[1]), "--model", str(oracle))) == 2
     assert "a.png does not exist" in capsys.readouterr().err
-    assert main(_args(data, "--model", str(tmp_path / "none.onnx"))) == 1
+    assert main(eval_args(data, "--model", str(tmp_path / "none.onnx"))) == 1
     assert "none.onnx" in capsys.readouterr().err
-    assert main(_args(data, "--model", str(oracle), "--head", "aux")) == 1
+    assert main(eval_args(data, "--model", str(oracle), "--head", "aux")) == 1
     assert "heads ['aux']" in capsys.readouterr().err
-    assert main(_args(data, "--model", str(oracle), "--zoo-server", "127.0.0.1:1")) == 2
+    assert main(eval_args(data, "--model", str(oracle), "--zoo-server", "127.0.0.1:1")) == 2
     assert "go with --server" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["--images", str(data[0]), "--annotations", str(data[1])])
     assert exit_info.value.code == 2
     assert "one of the arguments --model --server is required" in capsys.readouterr().err
-
-
-async def test_a_frame_the_server_refuses_stops_the_run(
-    data: tuple[Path, Path], oracle: Path, server_factory: ServerFactory, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Image 2 (8x12 = 96 pixels) is over this server's limit; a figure without it would be wrong.
-    async with server_factory((ModelSpec("oracle", oracle),), size=4, max_frame_pixels=40) as server:
-        args = _args(data, "--server", f"127.0.0.1:{server.port}", "--size", "4", "--protocol", "torchvision")
-        assert await asyncio.to_thread(main, args) == 1
-    captured = capsys.readouterr()
-    assert "could not segment image #1" in captured.err and "40 pixels" in captured.err
-    assert captured.out == ""
 
 
 def test_every_option_is_documented() -> None:

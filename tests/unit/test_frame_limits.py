@@ -12,7 +12,6 @@ from segstream.server.cli import build_parser, config_from_args
 from segstream.server.config import ConfigError, ModelSpec, ServerConfig
 from segstream.server.errors import status_for
 from segstream.server.frame_limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INFERENCE_PIXELS, FrameLimits
-from segstream.server.gpu_options import GpuOptions
 from segstream.server.preprocess import inference_shape
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.wire import codec
@@ -97,7 +96,7 @@ def test_settings_under_which_every_frame_would_be_refused_fail_at_startup(tiny_
         ServerConfig(models=models, size=1100)
     ServerConfig(models=models, size=1100, max_inference_pixels=1100 * 1500)
     with pytest.raises(ConfigError, match=r"--buckets 1080x1920 has 2073600 pixels, beyond --max-inference-pixels"):
-        ServerConfig(models=models, gpu=GpuOptions(buckets=((520, 693), (1080, 1920))))
+        ServerConfig(models=models, buckets=((520, 693), (1080, 1920)))
     with pytest.raises(ConfigError, match=r"--max-aspect 0\.5: must be between 1 and 10000"):
         ServerConfig(models=models, max_aspect=0.5)
     with pytest.raises(ConfigError, match="--max-inference-pixels 10: must be between 64 and"):

@@ -12,12 +12,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from segstream.client import ModelInfo
 from segstream.models.build import build_fcn
 from segstream.models.serving import serving_graph
-from segstream.server.app import SegstreamServer
+from segstream.server.buckets import format_buckets, parse_buckets
 from segstream.server.cli import build_parser, config_from_args, main
-from segstream.server.config import ModelSpec, ServerConfig
+from segstream.server.config import ModelSpec
 from segstream.server.engine import BatchResult
 from segstream.server.gpu_options import (
     CPU,
@@ -26,7 +25,6 @@ from segstream.server.gpu_options import (
     GpuOptions,
     build_provider_list,
     cuda_provider_options,
-    parse_buckets,
     parse_bytes,
     session_count,
     tensorrt_provider_options,
@@ -35,12 +33,6 @@ from segstream.server.gpu_options import (
 from segstream.server.ort_model import OrtModel
 from segstream.server.preprocess import inference_shape, snap_to_bucket
 from segstream.server.providers import nvidia_gpu_present
-from segstream.v1 import segmentation_pb2 as pb
-from segstream.v1 import segmentation_pb2_grpc as pb_grpc
-from segstream.wire import codec
-from tests.conftest import ServerFactory
-from tests.fakes import GatedModel
-from tests.integration.grpc_helpers import channel, segment
 
 BUCKETS = ((520, 693), (693, 520), (520, 520))
 
@@ -64,7 +56,6 @@ def test_cuda_options_follow_every_flag() -> None:
         tf32=False,
         mem_limit=8 << 30,
         arena_extend="same-as-requested",
-        buckets=BUCKETS,
         cuda_graph=True,
     )
     assert cuda_provider_options(gpu) == {
@@ -83,7 +74,7 @@ def test_tensorrt_options_cache_fp16_and_profiles(tmp_path: Path) -> None:
     # --fp16 means float16 engines on TensorRT too.
     assert tensorrt_provider_options(GpuOptions(fp16=True))["trt_fp16_enable"] == "1"
     options = tensorrt_provider_options(
-        GpuOptions(device_id=2, trt_fp16=True, trt_cache_dir=tmp_path, buckets=BUCKETS), max_batch=8
+        GpuOptions(device_id=2, trt_fp16=True, trt_cache_dir=tmp_path), max_batch=8, buckets=BUCKETS
     )
     assert options == {
         "device_id": "2",
@@ -108,11 +99,11 @@ def test_one_trt_profile_spans_every_bucket_and_batch() -> None:
 
 
 def test_provider_lists_per_device() -> None:
-    gpu = GpuOptions(buckets=BUCKETS)
-    assert build_provider_list("cpu", gpu) == [CPU]
-    assert build_provider_list("cuda", gpu) == [(CUDA, cuda_provider_options(gpu)), CPU]
-    assert build_provider_list("tensorrt", gpu, 4) == [
-        (TENSORRT, tensorrt_provider_options(gpu, 4)),
+    gpu = GpuOptions()
+    assert build_provider_list("cpu", gpu, buckets=BUCKETS) == [CPU]
+    assert build_provider_list("cuda", gpu, buckets=BUCKETS) == [(CUDA, cuda_provider_options(gpu)), CPU]
+    assert build_provider_list("tensorrt", gpu, 4, BUCKETS) == [
+        (TENSORRT, tensorrt_provider_options(gpu, 4, BUCKETS)),
         (CUDA, cuda_provider_options(gpu)),
         CPU,
     ]
@@ -127,8 +118,8 @@ def test_provider_lists_per_device() -> None:
         (CPU, GpuOptions(sessions_per_head=4), 4, 1),  # one CPU session already uses every core
         (CUDA, GpuOptions(), 0, 1),
         (CUDA, GpuOptions(), 4, 1),  # the CUDA provider runs sessions concurrently
-        (CUDA, GpuOptions(cuda_graph=True, buckets=BUCKETS), 0, 2),
-        (CUDA, GpuOptions(cuda_graph=True, buckets=BUCKETS), 3, 3),
+        (CUDA, GpuOptions(cuda_graph=True), 0, 2),
+        (CUDA, GpuOptions(cuda_graph=True), 3, 3),
         (TENSORRT, GpuOptions(), 0, 2),
         (TENSORRT, GpuOptions(), 5, 5),
         (TENSORRT, GpuOptions(sessions_per_head=1), 5, 1),
@@ -145,6 +136,7 @@ def test_sessions_per_head(provider: str, gpu: GpuOptions, workers: int, expecte
 def test_parse_buckets_and_bytes() -> None:
     assert parse_buckets("") == ()
     assert parse_buckets("520x693, 693X520 ,520x520") == BUCKETS
+    assert parse_buckets(format_buckets(BUCKETS)) == BUCKETS and format_buckets(()) == ""
     for bad, message in (("520", "not HEIGHTxWIDTH"), ("4x4", "between 8 and 4096"), ("64x64,64x64", "twice")):
         with pytest.raises(ValueError, match=message):
             parse_buckets(bad)
@@ -212,7 +204,8 @@ def test_flags_reach_the_config(tiny_model: Path, tmp_path: Path) -> None:
             "3",
         ]
     )
-    assert config_from_args(args).gpu == GpuOptions(
+    config = config_from_args(args)
+    assert config.gpu == GpuOptions(
         device_id=1,
         conv_search="heuristic",
         tf32=False,
@@ -220,16 +213,18 @@ def test_flags_reach_the_config(tiny_model: Path, tmp_path: Path) -> None:
         arena_extend="same-as-requested",
         trt_fp16=True,
         trt_cache_dir=tmp_path / "trt",
-        buckets=((520, 693), (693, 520)),
         sessions_per_head=3,
     )
+    # A server setting: on the CPU too the buckets are the inference shapes.
+    assert config.buckets == ((520, 693), (693, 520))
     cuda = config_from_args(
         build_parser().parse_args(
             ["--model", str(tiny_model), "--device", "cuda", "--fp16", "--cuda-graph", "--buckets", "64x64"]
         )
     )
-    assert cuda.gpu == GpuOptions(fp16=True, cuda_graph=True, buckets=((64, 64),))
-    assert config_from_args(build_parser().parse_args(["--model", str(tiny_model)])).gpu == GpuOptions()
+    assert (cuda.gpu, cuda.buckets) == (GpuOptions(fp16=True, cuda_graph=True), ((64, 64),))
+    defaults = config_from_args(build_parser().parse_args(["--model", str(tiny_model)]))
+    assert (defaults.gpu, defaults.buckets) == (GpuOptions(), ())
 
 
 def test_flags_default_from_the_environment(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,11 +232,12 @@ def test_flags_default_from_the_environment(tiny_model: Path, monkeypatch: pytes
     monkeypatch.setenv("SEGSTREAM_TF32", "0")
     monkeypatch.setenv("SEGSTREAM_GPU_MEM_LIMIT", "2G")
     monkeypatch.setenv("SEGSTREAM_FP16", "true")
-    gpu = config_from_args(build_parser().parse_args(["--model", str(tiny_model), "--device", "cuda"])).gpu
-    assert (gpu.buckets, gpu.tf32, gpu.mem_limit, gpu.fp16) == (((520, 693), (693, 520)), False, 2 << 30, True)
+    config = config_from_args(build_parser().parse_args(["--model", str(tiny_model), "--device", "cuda"]))
+    gpu = config.gpu
+    assert (config.buckets, gpu.tf32, gpu.mem_limit, gpu.fp16) == (((520, 693), (693, 520)), False, 2 << 30, True)
     # The command line still wins.
-    gpu = config_from_args(build_parser().parse_args(["--model", str(tiny_model), "--tf32", "--buckets", ""])).gpu
-    assert gpu.tf32 and gpu.buckets == ()
+    config = config_from_args(build_parser().parse_args(["--model", str(tiny_model), "--tf32", "--buckets", ""]))
+    assert config.gpu.tf32 and config.buckets == ()
 
 
 @pytest.mark.parametrize(
@@ -280,19 +276,6 @@ def test_trt_cache_dir_must_not_be_a_file(tiny_model: Path, tmp_path: Path, caps
     assert "exists and is not a directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("device", "provider"), [("cuda", CUDA), ("tensorrt", TENSORRT)])
-def test_explicit_gpu_device_without_gpu_fails_at_startup_in_one_line(
-    device: str, provider: str, tiny_model: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    if nvidia_gpu_present():
-        pytest.skip("this machine has an NVIDIA GPU: the provider may really load")
-    argv = ["--model", str(tiny_model), "--device", device, "--port", "0", "--host", "127.0.0.1"]
-    assert main([*argv, "--log-level", "ERROR"]) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith(f"segstream-server: error: model tiny: --device {device} asked for {provider}")
-    assert "no NVIDIA driver" in lines[-1] and "--device cpu" in lines[-1]
-
-
 # --- the engine on the CPU --------------------------------------------------------------------
 
 
@@ -315,44 +298,6 @@ def test_fp16_on_auto_without_gpu_serves_float32(tiny_model: Path) -> None:
         pytest.skip("this machine has an NVIDIA GPU: auto may pick CUDA")
     model = OrtModel(ModelSpec("tiny", tiny_model), device="auto", threads=1, gpu=GpuOptions(fp16=True))
     assert model.provider == CPU and not model.float16
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-async def test_warm_up_runs_every_head_and_bucket_on_every_worker(tiny_model: Path, workers: int) -> None:
-    model = GatedModel()
-    config = ServerConfig(
-        models=(ModelSpec("gated", tiny_model),),
-        host="127.0.0.1",
-        port=0,
-        workers=workers,
-        gpu=GpuOptions(buckets=((64, 80), (80, 64), (64, 64))),
-    )
-    server = SegstreamServer(config, models={"gated": model})
-    await server.start()
-    try:
-        # Each worker owns its bindings (and, on a GPU, its session), so each warms up its own.
-        assert model.runs == len(model.heads) * 3 * workers
-        assert model.threads == {f"segstream-infer-{i}" for i in range(workers)}
-    finally:
-        await server.stop(grace=1.0)
-
-
-async def test_server_snaps_frames_to_buckets(server_factory: ServerFactory, sample_bgr: npt.NDArray[np.uint8]) -> None:
-    portrait = np.ascontiguousarray(np.rot90(sample_bgr))
-    frames = [
-        codec.frame_from_array(sample_bgr, frame_id=1),  # 640x480
-        codec.frame_from_array(portrait, frame_id=2),  # 480x640
-        codec.frame_from_array(sample_bgr[:300, :300], frame_id=3),  # square
-    ]
-    async with server_factory(gpu=GpuOptions(buckets=((64, 80), (80, 64), (64, 64)))) as server:
-        responses = await segment(server, pb.StreamConfig(), frames)
-        async with channel(server) as ch:
-            listed = await pb_grpc.SegmentationStub(ch).ListModels(pb.ListModelsRequest(), timeout=30)
-    # Clients learn the shapes frames snap to, as (width, height).
-    assert ModelInfo.from_proto(listed.models[0]).inference_shapes == ((80, 64), (64, 80), (64, 64))
-    shapes = [(r.inference_height, r.inference_width) for r in responses]
-    assert shapes == [(64, 80), (80, 64), (64, 64)]
-    assert [codec.decode_mask(r.label_mask).shape for r in responses] == [(480, 640), (640, 480), (300, 300)]
 
 
 # --- float16 graphs ---------------------------------------------------------------------------

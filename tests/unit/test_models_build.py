@@ -18,9 +18,8 @@ from segstream.models.build import (
     WARNING_KEY,
     build_fcn,
 )
+from segstream.models.serving import MEAN, STD
 
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 SEED_IMAGE = "000000017968.jpg"
 # Byte sizes of the published opset-11 files (MODEL.md): a same-topology graph is within a few KB.
 PUBLISHED_BYTES = {"resnet50": 141_193_553, "resnet101": 217_069_155}
@@ -138,7 +137,7 @@ def test_tiny_masks_vary_across_a_real_photo(tiny: onnx.ModelProto) -> None:
     scale = 96 / min(height, width)
     resized = cv2.resize(bgr, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
     rgb = resized[:, :, ::-1].astype(np.float32) / 255.0
-    x = ((rgb - MEAN) / STD).transpose(2, 0, 1)[None].copy()
+    x = ((rgb - np.array(MEAN, np.float32)) / np.array(STD, np.float32)).transpose(2, 0, 1)[None].copy()
     out, aux = _session(tiny).run(["out", "aux"], {"input": x})
     assert out.shape == aux.shape == (1, 21, *resized.shape[:2])
     assert np.isfinite(out).all() and np.isfinite(aux).all()

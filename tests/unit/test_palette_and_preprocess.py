@@ -7,7 +7,9 @@ import colorsys
 import numpy as np
 import pytest
 
-from segstream.server.preprocess import inference_shape, preprocess
+from segstream.bench.inprocess import normalize_into
+from segstream.models.serving import MEAN, STD
+from segstream.server.preprocess import inference_shape, resize_rgb
 from segstream.wire.palette import VOC_CLASSES, blend, class_share, colorize, voc_palette
 
 
@@ -41,10 +43,15 @@ def test_short_side_resize_keeps_the_aspect(height: int, width: int, size: int, 
     assert inference_shape(height, width, size) == expected
 
 
-def test_normalisation_matches_the_card() -> None:
+def test_a_frame_already_at_its_inference_shape_is_not_copied() -> None:
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    assert resize_rgb(rgb, inference_shape(48, 64, 0)) is rgb
+    assert resize_rgb(rgb, inference_shape(48, 64, 24)).shape == (24, 32, 3)
+
+
+def test_the_raw_benchmark_input_is_normalised_as_the_card_says() -> None:
+    # The serving graph normalises on its own; the raw ONNX Runtime loop feeds the plain model file.
     rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    resized, tensor = preprocess(rgb, 0)
-    assert resized is rgb and tensor.shape == (3, 48, 64) and tensor.dtype == np.float32
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    expected = ((rgb / 255.0 - mean) / std).transpose(2, 0, 1)
+    tensor = normalize_into(rgb, np.empty((3, 48, 64), np.float32))
+    expected = ((rgb / 255.0 - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)
     np.testing.assert_allclose(tensor, expected, atol=1e-5)

@@ -85,18 +85,20 @@ def segmentation_stub(channel: grpc.Channel | grpc.aio.Channel) -> Any:
 
 
 def check_max_in_flight(max_in_flight: int) -> None:
+    """Refuse a window of fewer than one frame when the client is made, not when it first streams."""
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1; got {max_in_flight}")
 
 
 def image_request(encoder: FrameEncoder, image: FrameLike, options: StreamOptions) -> pb.SegmentImageRequest:
+    """The request of a one-image `segment()` call, shared by both clients."""
     request = pb.SegmentImageRequest(config=options.to_proto())
     request.frame.CopyFrom(encoder.encode(image))
     return request
 
 
 def as_frame_input(image: FrameLike, frame_id: int, timestamp_ns: int | None) -> FrameLike:
-    # segment()'s own id and time apply only to a plain array; a FrameInput already carries them.
+    """`segment()`'s image with its frame id and capture time; a FrameInput keeps the ones it carries."""
     if isinstance(image, FrameInput):
         return image
     return FrameInput(image, frame_id=frame_id, timestamp_ns=timestamp_ns)
@@ -128,13 +130,16 @@ class ReadyWait:
         return status == SERVING
 
     def failed(self, exc: SegstreamError) -> None:
+        """Record a health check that got no answer, for the error message if time runs out."""
         # Checks wait for a connection, so running out of time means none was made.
         self.last = "no connection to the server" if isinstance(exc, TimeoutError) else str(exc)
 
     def pause(self) -> float:
+        """Seconds to wait before the next check, never past the deadline."""
         return max(0.0, min(_RETRY_PAUSE_S, self._deadline - time.monotonic()))
 
     def error(self) -> ServerNotReadyError:
+        """The error to raise once time is up, with the last answer the server gave."""
         return ServerNotReadyError(
             f"server {self._target} did not report SERVING within {self._timeout:g} s (last: {self.last})"
         )

@@ -1,12 +1,11 @@
-"""Pieces the `segstream-client` commands share: errors, frame reading, statistics, model checks."""
+"""Pieces the `segstream-client` commands share: errors, statistics, model checks, colours."""
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -26,54 +25,8 @@ class CliError(Exception):
 
 
 def warn(message: str) -> None:
+    """Print a `segstream-client: warning: ...` line on stderr, for problems that do not stop the command."""
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
-
-
-class FrameReader:
-    """Frames of a cv2.VideoCapture, safe to read on one thread and close from another.
-
-    The client reads frames on a gRPC thread; closing the capture while that thread is inside
-    `read()` could crash OpenCV, so reads and the close take turns under one lock.
-    """
-
-    def __init__(self, capture: cv2.VideoCapture, max_frames: int | None, pace_fps: float | None = None) -> None:
-        self._capture = capture
-        self._max_frames = max_frames
-        self._period = 1.0 / pace_fps if pace_fps else 0.0
-        self._lock = threading.Lock()
-        self._closed = False
-        self.count = 0
-
-    def __iter__(self) -> Iterator[U8Array]:
-        due = time.monotonic()
-        while self._max_frames is None or self.count < self._max_frames:
-            if self._period:
-                # A file standing in for a camera is read at its own frame rate, as a camera would be;
-                # a camera that was not read in time skips ahead rather than bursting to catch up.
-                now = time.monotonic()
-                if due > now:
-                    time.sleep(due - now)
-                due = max(due, now) + self._period
-            with self._lock:
-                if self._closed:
-                    return
-                ok, frame = self._capture.read()
-            if not ok or frame is None:
-                return
-            self.count += 1
-            yield as_u8(frame)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._capture.release()
-
-
-def open_capture(source: str | int, what: str) -> cv2.VideoCapture:
-    capture = cv2.VideoCapture(source)
-    if not capture.isOpened():
-        raise CliError(f"cannot open {what} {source!r}: it is missing or not something OpenCV can read")
-    return capture
 
 
 class LatencyStats:
@@ -83,14 +36,17 @@ class LatencyStats:
         self._values: deque[float] = deque(maxlen=window)
 
     def add(self, latency_ms: float | None) -> None:
+        """Record one frame's latency; None (a frame the server did not time) is skipped."""
         if latency_ms is not None:
             self._values.append(latency_ms)
 
     def percentile(self, q: float) -> float:
+        """The q-th percentile (0-100) of the recorded latencies; nan before the first one."""
         return float(np.percentile(np.fromiter(self._values, float), q)) if self._values else float("nan")
 
     @property
     def mean(self) -> float:
+        """The mean of the recorded latencies; nan before the first one."""
         return float(np.mean(np.fromiter(self._values, float))) if self._values else float("nan")
 
 
@@ -104,6 +60,7 @@ class RateMeter:
         self.total = 0
 
     def tick(self) -> None:
+        """Count one event now."""
         now = time.monotonic()
         self.total += 1
         if self._window_s is not None:
@@ -112,6 +69,7 @@ class RateMeter:
                 self._times.popleft()
 
     def rate(self) -> float:
+        """Events per second so far, or within the window when there is one."""
         elapsed = time.monotonic() - self._start
         if self._window_s is not None:
             # Early on, the window is not full yet: divide by the time actually covered.
@@ -164,6 +122,7 @@ def rgb_to_bgr(image: U8Array, size: tuple[int, int] | None = None) -> U8Array:
 
 
 def summary(frames: int, failed: int, fps: float, latency: LatencyStats, tail: Iterable[str] = ()) -> str:
+    """The one-line report a command ends with: frames, failures, rate, latency, then `tail`."""
     parts = [
         f"{frames} frames",
         f"{failed} failed",
@@ -176,5 +135,6 @@ def summary(frames: int, failed: int, fps: float, latency: LatencyStats, tail: I
 
 
 def check_output_folder(path: Path) -> None:
+    """Refuse an output path whose folder is missing before any work is done, not after it."""
     if not path.parent.is_dir():
         raise CliError(f"cannot write {path}: folder {path.parent} does not exist")

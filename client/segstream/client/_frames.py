@@ -104,6 +104,7 @@ class SendLog:
         self._lock = threading.Lock()
 
     def sent(self, frame_id: int) -> None:
+        """Record that `frame_id` goes out now; only the most recent frames are kept."""
         now = time.perf_counter()
         with self._lock:
             self._sent.pop(frame_id, None)

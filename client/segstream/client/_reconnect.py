@@ -97,6 +97,7 @@ class Backoff:
         self.max_attempts = policy.max_attempts
 
     def reset(self) -> None:
+        """Start over after a success: the next failure waits the initial delay, attempts count from 0."""
         self._base = self._policy.initial
         self._since = None
         self.attempt = 0
@@ -170,6 +171,7 @@ class StreamLedger:
         self._sent_here += 1
 
     def take_unsent(self) -> pb.SegmentRequest:
+        """The oldest frame kept from a broken connection, recorded as sent again on this one."""
         _, request = self.unsent.popleft()
         self.sent(request, first_time=False)
         return request

@@ -35,6 +35,7 @@ class StageTimings:
 
     @classmethod
     def from_proto(cls, timings: pb.StageTimings) -> StageTimings:
+        """The timings a response carries."""
         return cls(
             timings.decode_ms,
             timings.queue_ms,
@@ -53,6 +54,7 @@ class FrameError:
 
     @classmethod
     def from_proto(cls, error: pb.FrameError) -> FrameError:
+        """A response's error, its numeric code as a grpc.StatusCode (UNKNOWN for one grpc lacks)."""
         return cls(_STATUS_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
 
     def __str__(self) -> str:
@@ -169,6 +171,7 @@ class ModelInfo:
 
     @classmethod
     def from_proto(cls, info: pb.ModelInfo) -> ModelInfo:
+        """A ListModels entry, its palette as a read-only Nx3 RGB array."""
         palette = np.array([(c.r, c.g, c.b) for c in info.palette], np.uint8).reshape(-1, 3)
         _read_only(palette)
         return cls(

@@ -28,13 +28,17 @@ _DEFAULT_FPS = 30.0
 class Capture(Protocol):
     """What CameraSource needs of a capture: the part of cv2.VideoCapture it uses."""
 
-    def isOpened(self) -> bool: ...
+    def isOpened(self) -> bool:
+        """Whether the source could be opened."""
 
-    def read(self) -> tuple[bool, Any]: ...
+    def read(self) -> tuple[bool, Any]:
+        """The next frame as (True, BGR array), or (False, None) when none came."""
 
-    def get(self, prop_id: int) -> float: ...
+    def get(self, prop_id: int) -> float:
+        """A cv2.CAP_PROP_* property, such as the frame rate of a file."""
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Close the source; later reads fail."""
 
 
 CaptureFactory: TypeAlias = Callable[[str | int], Capture]
@@ -149,6 +153,8 @@ class CameraSource:
         self.loop = loop
         self._reopen = reopen
         self._factory = capture_factory
+        # Reads and releases take turns: releasing a capture while another thread is inside its read()
+        # can crash OpenCV.
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self.count = 0
@@ -166,11 +172,17 @@ class CameraSource:
             self._period = 1.0 / (fps if 0 < fps < 1000 else _DEFAULT_FPS)
 
     def describe(self) -> str:
+        """How messages name this source: "camera 0", "stream rtsp://..." (no password), "video file x.mp4"."""
         if self.kind == "device":
             return f"camera {self.location}"
         if self.kind == "url":
             return f"stream {redact(str(self.location))}"
         return f"video file {self.location}"
+
+    def get(self, prop_id: int) -> float:
+        """A property of the open capture, as cv2.VideoCapture.get (cv2.CAP_PROP_FPS, ...); 0.0 once closed."""
+        with self._lock:
+            return 0.0 if self._capture is None else self._capture.get(prop_id)
 
     def _open(self) -> Capture | None:
         capture = self._factory(self.location)

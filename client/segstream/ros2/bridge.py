@@ -54,13 +54,17 @@ DEFAULT_STOP_GRACE_S = 2.0
 class BridgeLogger(Protocol):
     """What the bridge logs through: a `logging.Logger` or an rclpy node's logger."""
 
-    def debug(self, message: str, /) -> object: ...
+    def debug(self, message: str, /) -> object:
+        """Details for diagnosis, such as frames a stream left unanswered when it ended."""
 
-    def info(self, message: str, /) -> object: ...
+    def info(self, message: str, /) -> object:
+        """Progress: the stream is up, and how many camera frames were dropped to stay current."""
 
-    def warning(self, message: str, /) -> object: ...
+    def warning(self, message: str, /) -> object:
+        """Trouble the bridge rides out: a lost stream it reconnects, a frame it cannot segment or publish."""
 
-    def error(self, message: str, /) -> object: ...
+    def error(self, message: str, /) -> object:
+        """Trouble that ends streaming, such as a server refusing the stream."""
 
 
 @dataclass
@@ -128,6 +132,7 @@ class LatestSlot(Generic[_T]):
         return had
 
     def close(self) -> None:
+        """Wake any waiting `take` with None; the slot holds nothing after this."""
         self._closed = True
         self._changed.set()
 

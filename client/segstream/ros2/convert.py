@@ -340,6 +340,7 @@ class HeaderTable(Generic[_H]):
         self._headers: OrderedDict[int, _H] = OrderedDict()
 
     def add(self, frame_id: int, header: _H) -> None:
+        """Remember the header of a frame about to be sent, evicting the oldest beyond `capacity`."""
         self._headers.pop(frame_id, None)
         self._headers[frame_id] = header
         while len(self._headers) > self.capacity:

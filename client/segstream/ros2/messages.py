@@ -66,58 +66,72 @@ class StampLike(Protocol):
     """What the bridge reads from a stamp: builtin_interfaces/Time or `Time`."""
 
     @property
-    def sec(self) -> int: ...
+    def sec(self) -> int:
+        """Whole seconds since the Unix epoch (or since the simulation started)."""
 
     @property
-    def nanosec(self) -> int: ...
+    def nanosec(self) -> int:
+        """Nanoseconds past `sec`, 0 to 999999999."""
 
 
 class HeaderLike(Protocol):
     """What the bridge reads from a header: std_msgs/Header or `Header`."""
 
     @property
-    def stamp(self) -> StampLike: ...
+    def stamp(self) -> StampLike:
+        """When the camera captured the image; sent to the server as the frame's capture time."""
 
     @property
-    def frame_id(self) -> str: ...
+    def frame_id(self) -> str:
+        """The camera's coordinate frame, kept on every output so that the masks line up with it."""
 
 
 class ImageLike(Protocol):
     """What the bridge reads from sensor_msgs/Image (or `Image`); `data` is any bytes-like buffer."""
 
     @property
-    def header(self) -> HeaderLike: ...
+    def header(self) -> HeaderLike:
+        """The camera's stamp and frame, copied onto every output message."""
 
     @property
-    def height(self) -> int: ...
+    def height(self) -> int:
+        """Rows of pixels."""
 
     @property
-    def width(self) -> int: ...
+    def width(self) -> int:
+        """Pixels per row."""
 
     @property
-    def encoding(self) -> str: ...
+    def encoding(self) -> str:
+        """The pixel layout (rgb8, bgr8, mono8, ...): how many channels, in which order."""
 
     @property
-    def is_bigendian(self) -> int: ...
+    def is_bigendian(self) -> int:
+        """Byte order of multi-byte pixel values; the 8-bit encodings the bridge takes ignore it."""
 
     @property
-    def step(self) -> int: ...
+    def step(self) -> int:
+        """Bytes from the start of one row to the next, row padding included."""
 
     @property
-    def data(self) -> Any: ...
+    def data(self) -> Any:
+        """The pixel rows, `step` bytes each."""
 
 
 class CompressedImageLike(Protocol):
     """What the bridge reads from sensor_msgs/CompressedImage (or `CompressedImage`)."""
 
     @property
-    def header(self) -> HeaderLike: ...
+    def header(self) -> HeaderLike:
+        """The camera's stamp and frame, copied onto every output message."""
 
     @property
-    def format(self) -> str: ...
+    def format(self) -> str:
+        """The compression: "jpeg", "png", or image_transport's longer "bgr8; jpeg compressed bgr8"."""
 
     @property
-    def data(self) -> Any: ...
+    def data(self) -> Any:
+        """The JPEG or PNG bytes."""
 
 
 class ImageFactory(Protocol[_M_co]):
@@ -125,7 +139,8 @@ class ImageFactory(Protocol[_M_co]):
 
     def __call__(
         self, *, header: Any, height: int, width: int, encoding: str, is_bigendian: int, step: int, data: bytes
-    ) -> _M_co: ...
+    ) -> _M_co:
+        """One message with these sensor_msgs/Image fields (rclpy's Image class takes them as keywords)."""
 
 
 def ros_image_factory(image_type: Callable[..., _M_co]) -> ImageFactory[_M_co]:

@@ -138,10 +138,12 @@ class BridgeNode:
         self.core.stop()
 
     def destroy(self) -> None:
+        """Release the ROS 2 node (its publishers and subscription) once streaming has stopped."""
         self.node.destroy_node()
 
 
 def usage() -> str:
+    """The --help text: options, and every node parameter with its description and default."""
     lines = [
         f"usage: {PROG} [--help] [--launch-file] [--ros-args -p NAME:=VALUE ... -r FROM:=TO ...]",
         "",

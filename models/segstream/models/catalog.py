@@ -36,6 +36,7 @@ class ModelFile:
 
     @property
     def torchvision_weights_url(self) -> str | None:
+        """Where torchvision publishes the PyTorch weights this file was exported from, if known."""
         if self.torchvision_weights_file is None:
             return None
         return f"{TORCHVISION_WEIGHTS_BASE}/{self.torchvision_weights_file}"
@@ -80,10 +81,6 @@ MODELS: dict[str, ModelFile] = {
         torchvision_weights_file="fcn_resnet101_coco-7ecb50ca.pth",
     ),
 }
-
-
-def model_names() -> list[str]:
-    return list(MODELS)
 
 
 def get_model(name: str) -> ModelFile:

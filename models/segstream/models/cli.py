@@ -27,6 +27,7 @@ class _UsageError(Exception):
 
 
 def default_model_dir() -> Path:
+    """Where `fetch` stores a model without --dir: $SEGSTREAM_MODEL_DIR, else models/onnx."""
     return Path(os.environ.get(MODEL_DIR_ENV) or "models/onnx")
 
 

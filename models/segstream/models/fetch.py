@@ -57,6 +57,7 @@ class _SourceError(Exception):
 
 
 def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of a file, read in chunks so that a large model is never held in memory whole."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):

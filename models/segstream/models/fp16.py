@@ -42,14 +42,6 @@ def _converter() -> Any:
         ) from exc
 
 
-def converter_available() -> bool:
-    try:
-        _converter()
-    except Float16Unavailable:
-        return False
-    return True
-
-
 def fcn_to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A float16 copy of an FCN whose float32 inputs and outputs keep their names and type.
 

@@ -35,6 +35,7 @@ def input_names(model: onnx.ModelProto) -> list[str]:
 
 
 def output_names(model: onnx.ModelProto) -> list[str]:
+    """Names of the graph outputs, in the graph's order."""
     return [o.name for o in model.graph.output]
 
 

@@ -35,7 +35,6 @@ OUTPUT_SIZE = "output_size"
 LABELS = "labels"
 CONFIDENCE = "confidence"
 LOGITS = "logits"
-SERVING_OUTPUTS = (LABELS, CONFIDENCE)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -12,6 +12,9 @@ from typing import NoReturn
 
 
 class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser that reports a bad command line in one `PROG: error: ...` line, exit status 2."""
+
     def error(self, message: str) -> NoReturn:
+        """Exit 2 with the one-line message instead of argparse's usage block."""
         program = self.prog.split()[0]  # subcommand parsers are named "PROG SUBCOMMAND"
         self.exit(2, f"{program}: error: {message} (see {self.prog} --help)\n")

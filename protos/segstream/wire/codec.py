@@ -60,13 +60,10 @@ class FrameOverLimitError(InvalidFrameError):
 
 
 def timestamp_from_ns(ns: int) -> Timestamp:
+    """A protobuf Timestamp for nanoseconds since the Unix epoch, as Frame.capture_time carries it."""
     ts = Timestamp()
     ts.FromNanoseconds(ns)
     return ts
-
-
-def now_timestamp() -> Timestamp:
-    return timestamp_from_ns(time.time_ns())
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
@@ -90,6 +87,7 @@ def decode_frame(frame: pb.Frame, max_pixels: int = DEFAULT_MAX_PIXELS) -> U8Arr
 
 
 def decode_encoded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> U8Array:
+    """A JPEG or PNG frame as an HxWx3 RGB array; its size is checked from the header before decoding."""
     kind = image_kind(data)
     if kind is None:
         raise InvalidFrameError(
@@ -108,6 +106,7 @@ def decode_encoded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> U8Array
 
 
 def decode_raw(raw: pb.RawImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> U8Array:
+    """An uncompressed frame (RGB, BGR or grey, rows maybe padded) as an HxWx3 RGB array."""
     channels = _CHANNELS.get(raw.format)
     if channels is None:
         raise InvalidFrameError("raw frame has no pixel format: set RawImage.format to RGB8, BGR8 or GRAY8")
@@ -124,7 +123,8 @@ def decode_raw(raw: pb.RawImage, max_pixels: int = DEFAULT_MAX_PIXELS) -> U8Arra
             f"got {len(raw.data)}"
         )
     buf = np.frombuffer(raw.data, np.uint8)
-    # as_strided-free view: pad to full rows, then drop each row's padding.
+    # Rows start `stride` bytes apart; viewing only the first `row` bytes of each drops the padding
+    # without a copy, and the length check above keeps the last row inside the buffer.
     rows = np.lib.stride_tricks.as_strided(buf, shape=(height, row), strides=(stride, 1))
     pixels = rows.reshape(height, width, channels)
     if raw.format == pb.PIXEL_FORMAT_RGB8:
@@ -176,6 +176,7 @@ def frame_from_array(
 
 
 def encode_bgr(bgr: U8Array, encoding: Literal["jpeg", "png"], jpeg_quality: int = 90) -> bytes:
+    """JPEG or PNG bytes of a BGR (or grey) image, in the channel order OpenCV's encoders expect."""
     ext, params = (".jpg", [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]) if encoding == "jpeg" else (".png", [])
     ok, buf = cv2.imencode(ext, bgr, params)
     if not ok:
@@ -184,6 +185,7 @@ def encode_bgr(bgr: U8Array, encoding: Literal["jpeg", "png"], jpeg_quality: int
 
 
 def encode_mask(labels: U8Array, encoding: int = pb.MASK_ENCODING_RAW) -> pb.Mask:
+    """The wire Mask of an HxW class-index map: raw bytes, or PNG when asked for (anything else is raw)."""
     height, width = labels.shape
     if encoding == pb.MASK_ENCODING_PNG:
         data = encode_bgr(labels, "png")
@@ -194,6 +196,7 @@ def encode_mask(labels: U8Array, encoding: int = pb.MASK_ENCODING_RAW) -> pb.Mas
 
 
 def decode_mask(mask: pb.Mask) -> U8Array:
+    """A wire Mask as an HxW uint8 class-index array; ValueError when its data does not match its size."""
     if mask.encoding == pb.MASK_ENCODING_PNG:
         labels = cv2.imdecode(np.frombuffer(mask.data, np.uint8), cv2.IMREAD_UNCHANGED)
         if labels is None or labels.shape != (mask.height, mask.width):
@@ -205,6 +208,7 @@ def decode_mask(mask: pb.Mask) -> U8Array:
 
 
 def encode_image(rgb: U8Array, encoding: int = pb.IMAGE_ENCODING_JPEG, jpeg_quality: int = 90) -> pb.Image:
+    """The wire Image of an RGB result (an overlay): JPEG by default, PNG or raw RGB when asked for."""
     height, width = rgb.shape[:2]
     if encoding == pb.IMAGE_ENCODING_RAW_RGB:
         data = np.ascontiguousarray(rgb).tobytes()

@@ -5,27 +5,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from segstream.server.admission import LiveAdmission
-from segstream.server.batcher import Batcher
 from segstream.server.config import ServerConfig
 from segstream.server.engine import Model
-from segstream.server.frame_limits import FrameLimits
 from segstream.server.metrics import Metrics
 from segstream.server.pipeline import Pipeline
 from segstream.server.ports import ListenError, PortInUseError, bind_error
 from segstream.server.preprocess import inference_shape
 from segstream.server.providers import CPU
-from segstream.server.security import server_credentials, server_interceptors
+from segstream.server.security import server_security
 from segstream.server.service import SegmentationService
+from segstream.server.stages import Shaping
 from segstream.server.watchdog import Watchdog
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
@@ -48,6 +44,7 @@ def load_models(config: ServerConfig) -> dict[str, Model]:
             gpu=config.gpu,
             max_batch=config.max_batch,
             workers=config.workers,
+            buckets=config.buckets,
         )
         log.info(
             "model %s loaded from %s on %s (heads: %s)",
@@ -63,6 +60,7 @@ def load_models(config: ServerConfig) -> dict[str, Model]:
 
 
 def worker_count(config: ServerConfig, models: Mapping[str, Model]) -> int:
+    """Inference worker threads for these models: --workers, or what suits their provider."""
     if config.workers:
         return config.workers
     # On a CPU one session already uses every core; on a GPU a second worker overlaps the
@@ -106,27 +104,19 @@ class SegstreamServer:
         self.config = config
         self._given_models = models
         self._ready = False
-        self._server = grpc.aio.server(options=server_options(config), interceptors=server_interceptors(config))
-        self._credentials = server_credentials(config)
+        # First, so that a TLS or token file that cannot serve fails before anything else is built.
+        security = server_security(config)
+        self._server = grpc.aio.server(options=server_options(config), interceptors=security.interceptors)
+        self._credentials = security.credentials
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self._decode_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="segstream-decode")
-        self.pipeline = Pipeline(
-            {},
-            config.default_model,
-            config.size,
-            config.max_frame_pixels,
-            self._decode_pool,
-            self.metrics,
-            self._engine_failed,
-        )
-        self.pipeline.buckets = config.gpu.buckets
-        self.pipeline.limits = FrameLimits(config.max_inference_pixels, config.max_aspect)
+        # Loaded in `start`; the pipeline is built on them once they are.
+        self._models: Mapping[str, Model] = {}
+        self.pipeline: Pipeline | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
         self.watchdog: Watchdog | None = None
         self.service = SegmentationService(
-            self.pipeline,
-            size=config.size,
+            self.metrics,
             inflight=config.inflight,
             max_streams=config.max_streams,
             max_unary=config.max_unary,
@@ -158,27 +148,29 @@ class SegstreamServer:
         models = self._given_models
         if models is None:
             models = await loop.run_in_executor(None, load_models, self.config)
-        self.pipeline.models = dict(models)
+        self._models = models
         for name, model in models.items():
             self.metrics.provider.labels(name, model.provider).set(1)
         workers = worker_count(self.config, models)
-        # As many live frames as the workers can run in full batches; more would only queue.
-        self.service.live_admission = LiveAdmission(workers * self.config.max_batch)
-        batcher = Batcher(
-            self.pipeline.run_batch,
-            workers,
-            self.config.max_batch,
-            self.config.max_delay_ms / 1e3,
+        pipeline = self.pipeline = Pipeline(
+            models,
+            self.config.default_model,
+            Shaping.of(self.config),
+            workers=workers,
+            max_batch=self.config.max_batch,
+            max_delay_s=self.config.max_delay_ms / 1e3,
+            metrics=self.metrics,
+            on_engine_failure=self._engine_failed,
         )
-        batcher.start()
-        self.pipeline.batcher = batcher
         if self.config.warmup:
-            await self._warm_up()
-        self.service.warm = True
+            await self._warm_up(pipeline)
+        self.service.serve(pipeline)
         self._ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.config.stall_timeout_s:
-            self.watchdog = Watchdog(batcher.stalled_for, self.config.stall_timeout_s, self.metrics, self._stalled)
+            self.watchdog = Watchdog(
+                pipeline.batcher.stalled_for, self.config.stall_timeout_s, self.metrics, self._stalled
+            )
             self.watchdog.start()
         log.info("serving %s with %d inference worker(s)", ", ".join(models), workers)
         return self.port
@@ -203,15 +195,14 @@ class SegstreamServer:
             raise ListenError(None, f"--port {config.port}: cannot listen on {config.address}")
         return port
 
-    async def _warm_up(self) -> None:
+    async def _warm_up(self, pipeline: Pipeline) -> None:
         # The first run of each head allocates ONNX Runtime's arenas (and on a GPU picks kernels);
         # doing it here keeps that cost out of the first client's latency. Every worker runs every
         # bucket itself, at the largest batch too where it batches: each worker owns its bindings
         # (buffers, CUDA graphs) and its session (TensorRT builds its engine per session).
-        shapes = self.config.gpu.buckets or (inference_shape(480, 640, self.config.size),)
-        batcher = self.pipeline.batcher
-        assert batcher is not None
-        for name, model in self.pipeline.models.items():
+        shapes = pipeline.shaping.buckets or (inference_shape(480, 640, pipeline.shaping.size),)
+        batcher = pipeline.batcher
+        for name, model in pipeline.models.items():
             batches = sorted({1, self.config.max_batch if model.provider != CPU else 1})
             for head in model.heads:
                 for height, width in shapes:
@@ -267,11 +258,11 @@ class SegstreamServer:
                 )
         await self._server.stop(max(0.0, deadline - loop.time()))
         self.metrics.close()
-        if self.pipeline.batcher is not None:
-            await self.pipeline.batcher.close()
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
-        for model in self.pipeline.models.values():
+        if self.pipeline is not None:
+            await self.pipeline.close()
+        for model in self._models.values():
             model.close()
 
     async def wait_for_termination(self) -> None:
+        """Returns once the gRPC server has stopped."""
         await self._server.wait_for_termination()

@@ -49,6 +49,8 @@ class _Job:
 
 
 class Batcher:
+    """Batches frames of one key from every stream and runs them on its own inference worker threads."""
+
     def __init__(
         self,
         runner: BatchRunner,
@@ -74,11 +76,13 @@ class Batcher:
         ]
 
     def start(self) -> None:
+        """Starts the worker threads."""
         for thread in self._threads:
             thread.start()
 
     @property
     def queued(self) -> int:
+        """Frames waiting for a batch (withdrawn ones included until a worker discards them)."""
         with self._cond:
             return sum(len(jobs) for jobs in self._pending.values())
 
@@ -117,13 +121,6 @@ class Batcher:
     def _idle(self) -> bool:
         # Called with the lock held; withdrawn frames will never run, so they are no work.
         return not self._running and all(job.ticket.withdrawn for queue in self._pending.values() for job in queue)
-
-    async def submit(self, key: Hashable, payload: Any) -> tuple[Any, float]:
-        """`put` for a caller on an event loop: returns (result, seconds queued) or raises the item's error.
-
-        Cancelling the caller withdraws a frame that has not started yet.
-        """
-        return await delivered(lambda deliver, ticket: self.put(key, payload, deliver, ticket))
 
     async def on_each_worker(self, chore: Callable[[], T]) -> list[T]:
         """Runs `chore` once on every worker thread, between batches; returns their results."""

@@ -10,18 +10,37 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from segstream.server.config import DEVICES, ConfigError, ModelSpec, ServerConfig, env_default, env_option
+from segstream.server.config import (
+    DEVICES,
+    ConfigError,
+    ModelSpec,
+    ServerConfig,
+    env_default,
+    env_flag,
+    env_option,
+)
 from segstream.server.engine import EngineError
 from segstream.server.event_loop import EVENT_LOOPS, EventLoopUnavailable, loop_factory
-from segstream.server.frame_limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INFERENCE_PIXELS
 from segstream.server.gpu_cli import add_gpu_arguments, gpu_options_from_args
 from segstream.server.logs import configure_logging
 from segstream.wire.argparsing import OneLineParser
 
 log = logging.getLogger("segstream.server")
 
+# A dataclass keeps each field's default as a class attribute: the flags below take their defaults,
+# and their help texts the numbers they quote, from ServerConfig, so each default is written once.
+_DEFAULT = ServerConfig
+# Options of the command line alone, not of the server.
+_GRACE_S = 5.0
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_LOG_LEVEL = "INFO"
+_LOG_FORMATS = ("text", "json")
+_LOG_FORMAT = "text"
+_EVENT_LOOP = "auto"
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """segstream-server's argument parser; every option defaults to SEGSTREAM_<OPTION>, else ServerConfig's."""
     p = OneLineParser(
         prog="segstream-server",
         description="Serve FCN semantic segmentation of live video over gRPC (segstream.v1.Segmentation). "
@@ -34,147 +53,202 @@ def build_parser() -> argparse.ArgumentParser:
         help="ONNX model to serve (repeatable); NAME defaults to the file name without .onnx; the first is "
         "the default model (env SEGSTREAM_MODEL: comma-separated list)",
     )
-    p.add_argument("--host", default=env_default("host", "[::]"), help="address to listen on (default: [::], all)")
-    env_option(p, "--port", "50051", "port (default 50051; 0 picks a free one)", type=int)
+    p.add_argument(
+        "--host",
+        default=env_default("host", _DEFAULT.host),
+        help=f"address to listen on (default: {_DEFAULT.host}, all)",
+    )
+    env_option(p, "--port", _DEFAULT.port, f"port (default {_DEFAULT.port}; 0 picks a free one)", type=int)
     env_option(
         p,
         "--size",
-        "520",
-        "short side in pixels frames are resized to before the network (default 520, the model card's; 0: no resize)",
+        _DEFAULT.size,
+        f"short side in pixels frames are resized to before the network (default {_DEFAULT.size}, the model card's; "
+        "0: no resize)",
         type=int,
     )
     p.add_argument(
         "--device",
         choices=DEVICES,
-        default=env_default("device", "auto"),
+        default=env_default("device", _DEFAULT.device),
         help="execution provider: auto uses CUDA only when it really loads, else the CPU; cpu, cuda, tensorrt "
-        "insist and fail at startup if unavailable (default auto)",
+        f"insist and fail at startup if unavailable (default {_DEFAULT.device})",
     )
-    env_option(p, "--workers", "0", "inference worker threads (default 0: 1 on CPU, 2 on GPU)", type=int)
-    env_option(p, "--threads", "0", "ONNX Runtime intra-op threads per session (default 0: all cores)", type=int)
-    env_option(p, "--max-batch", "1", "largest batch of same-shape frames across streams (default 1)", type=int)
-    env_option(p, "--max-delay-ms", "2", "longest wait for batch-mates in ms (default 2)", type=float)
+    env_option(
+        p,
+        "--workers",
+        _DEFAULT.workers,
+        f"inference worker threads (default {_DEFAULT.workers}: 1 on CPU, 2 on GPU)",
+        type=int,
+    )
+    env_option(
+        p,
+        "--threads",
+        _DEFAULT.threads,
+        f"ONNX Runtime intra-op threads per session (default {_DEFAULT.threads}: all cores)",
+        type=int,
+    )
+    env_option(
+        p,
+        "--max-batch",
+        _DEFAULT.max_batch,
+        f"largest batch of same-shape frames across streams (default {_DEFAULT.max_batch})",
+        type=int,
+    )
+    env_option(
+        p,
+        "--max-delay-ms",
+        _DEFAULT.max_delay_ms,
+        f"longest wait for batch-mates in ms (default {_DEFAULT.max_delay_ms:g})",
+        type=float,
+    )
     env_option(
         p,
         "--inflight",
-        "4",
-        "frames of one ORDERED stream in flight before the server stops reading (default 4)",
+        _DEFAULT.inflight,
+        f"frames of one ORDERED stream in flight before the server stops reading (default {_DEFAULT.inflight})",
         type=int,
     )
-    env_option(p, "--max-streams", "64", "concurrent streams; more get RESOURCE_EXHAUSTED (default 64)", type=int)
+    env_option(
+        p,
+        "--max-streams",
+        _DEFAULT.max_streams,
+        f"concurrent streams; more get RESOURCE_EXHAUSTED (default {_DEFAULT.max_streams})",
+        type=int,
+    )
     env_option(
         p,
         "--max-unary",
-        "32",
-        "concurrent SegmentImage calls, counted apart from --max-streams; more get RESOURCE_EXHAUSTED (default 32)",
+        _DEFAULT.max_unary,
+        "concurrent SegmentImage calls, counted apart from --max-streams; more get RESOURCE_EXHAUSTED "
+        f"(default {_DEFAULT.max_unary})",
         type=int,
     )
-    env_option(p, "--max-frame-pixels", str(7680 * 4320), "largest frame in pixels (default 33177600, 8K)", type=int)
+    env_option(
+        p,
+        "--max-frame-pixels",
+        _DEFAULT.max_frame_pixels,
+        f"largest frame in pixels (default {_DEFAULT.max_frame_pixels}, 8K)",
+        type=int,
+    )
     env_option(
         p,
         "--max-inference-pixels",
-        str(DEFAULT_MAX_INFERENCE_PIXELS),
+        _DEFAULT.max_inference_pixels,
         "largest network input in pixels, after the resize to --size; costlier frames get RESOURCE_EXHAUSTED "
-        f"(default {DEFAULT_MAX_INFERENCE_PIXELS}: --size 520 up to a 3.9:1 frame, or 1 MP with --size 0)",
+        f"(default {_DEFAULT.max_inference_pixels}: --size {_DEFAULT.size} up to a 3.9:1 frame, or 1 MP with --size 0)",
         type=int,
     )
     env_option(
         p,
         "--max-aspect",
-        f"{DEFAULT_MAX_ASPECT:g}",
+        _DEFAULT.max_aspect,
         "largest ratio of a frame's long side to its short side; thinner frames get RESOURCE_EXHAUSTED "
-        f"(default {DEFAULT_MAX_ASPECT:g})",
+        f"(default {_DEFAULT.max_aspect:g})",
         type=float,
     )
-    env_option(p, "--max-message-bytes", str(64 << 20), "largest gRPC message in bytes (default 64 MiB)", type=int)
+    env_option(
+        p,
+        "--max-message-bytes",
+        _DEFAULT.max_message_bytes,
+        f"largest gRPC message in bytes (default {_DEFAULT.max_message_bytes >> 20} MiB)",
+        type=int,
+    )
     env_option(
         p,
         "--idle-timeout",
-        "300",
-        "close a stream that sends nothing for this many seconds (default 300; 0: never)",
+        _DEFAULT.idle_timeout_s,
+        f"close a stream that sends nothing for this many seconds (default {_DEFAULT.idle_timeout_s:g}; 0: never)",
         type=float,
     )
     env_option(
         p,
         "--keepalive-time",
-        "30",
-        "seconds between HTTP/2 keepalive pings on idle connections (default 30)",
+        _DEFAULT.keepalive_time_s,
+        f"seconds between HTTP/2 keepalive pings on idle connections (default {_DEFAULT.keepalive_time_s:g})",
         type=float,
     )
     env_option(
         p,
         "--keepalive-timeout",
-        "10",
-        "seconds to wait for a keepalive ping's answer before closing the connection (default 10)",
+        _DEFAULT.keepalive_timeout_s,
+        "seconds to wait for a keepalive ping's answer before closing the connection "
+        f"(default {_DEFAULT.keepalive_timeout_s:g})",
         type=float,
     )
     env_option(
         p,
         "--max-connection-age",
-        "0",
+        _DEFAULT.max_connection_age_s,
         "ask connections older than this many seconds to reconnect, so long streams spread over "
-        "replicas (default 0: never)",
+        f"replicas (default {_DEFAULT.max_connection_age_s:g}: never)",
         type=float,
     )
     env_option(
         p,
         "--max-connection-age-grace",
-        "30",
-        "seconds an aged connection's open streams get to finish (default 30)",
+        _DEFAULT.max_connection_age_grace_s,
+        f"seconds an aged connection's open streams get to finish (default {_DEFAULT.max_connection_age_grace_s:g})",
         type=float,
     )
-    env_option(p, "--metrics-port", "0", "serve Prometheus metrics on this port at /metrics (default 0: off)", type=int)
+    env_option(
+        p,
+        "--metrics-port",
+        _DEFAULT.metrics_port,
+        f"serve Prometheus metrics on this port at /metrics (default {_DEFAULT.metrics_port}: off)",
+        type=int,
+    )
     p.add_argument(
         "--reuse-port",
         action="store_true",
-        default=env_default("reuse-port", "0").strip().lower() in ("1", "true", "yes", "on"),
+        default=env_flag("reuse-port", _DEFAULT.reuse_port),
         help="let several segstream-server processes listen on one --port (SO_REUSEPORT; the kernel spreads "
         "connections over them); without it a port already in use is a startup error",
     )
     env_option(
         p,
         "--max-engine-failures",
-        "10",
+        _DEFAULT.max_engine_failures,
         "consecutive frames lost to inference failures before health turns NOT_SERVING so an "
-        "orchestrator restarts the server (default 10; 0: never)",
+        f"orchestrator restarts the server (default {_DEFAULT.max_engine_failures}; 0: never)",
         type=int,
     )
     env_option(
         p,
         "--stall-timeout",
-        "30",
+        _DEFAULT.stall_timeout_s,
         "seconds frames may wait while the inference engine completes no batch before health turns "
-        "NOT_SERVING (SERVING again once batches complete; default 30; 0: never)",
+        f"NOT_SERVING (SERVING again once batches complete; default {_DEFAULT.stall_timeout_s:g}; 0: never)",
         type=float,
     )
     p.add_argument(
         "--log-format",
-        choices=["text", "json"],
-        default=env_default("log-format", "text"),
-        help="log as text lines or as one JSON object per line with stream and frame ids (default text)",
+        choices=_LOG_FORMATS,
+        default=env_default("log-format", _LOG_FORMAT),
+        help=f"log as text lines or as one JSON object per line with stream and frame ids (default {_LOG_FORMAT})",
     )
     p.add_argument(
         "--event-loop",
         choices=EVENT_LOOPS,
-        default=env_default("event-loop", "auto"),
+        default=env_default("event-loop", _EVENT_LOOP),
         help="asyncio event loop: auto takes uvloop where it is installed (less time per frame), else the "
-        "standard loop; uvloop insists (default auto)",
+        f"standard loop; uvloop insists (default {_EVENT_LOOP})",
     )
     p.add_argument("--no-warmup", action="store_true", help="skip running each model once before reporting SERVING")
     p.add_argument("--no-reflection", action="store_true", help="do not offer gRPC server reflection")
     env_option(
         p,
         "--tls-cert",
-        None,
+        _DEFAULT.tls_cert,
         "serve TLS with this PEM certificate chain (needs --tls-key; default: plaintext)",
         type=Path,
         metavar="PEM",
     )
-    env_option(p, "--tls-key", None, "PEM private key of --tls-cert", type=Path, metavar="PEM")
+    env_option(p, "--tls-key", _DEFAULT.tls_key, "PEM private key of --tls-cert", type=Path, metavar="PEM")
     env_option(
         p,
         "--tls-client-ca",
-        None,
+        _DEFAULT.tls_client_ca,
         "mutual TLS: require client certificates signed by these PEM CA certificates (needs --tls-cert)",
         type=Path,
         metavar="PEM",
@@ -182,30 +256,38 @@ def build_parser() -> argparse.ArgumentParser:
     env_option(
         p,
         "--auth-token-file",
-        None,
+        _DEFAULT.auth_token_file,
         "require 'authorization: Bearer <token>' on every call, server reflection included; FILE holds the "
         "accepted tokens, one per line (blank lines and # comments ignored); grpc.health.v1 health checks stay open",
         type=Path,
         metavar="FILE",
     )
-    env_option(p, "--grace", "5", "seconds in-flight calls get to finish on SIGTERM/SIGINT (default 5)", type=float)
+    env_option(
+        p,
+        "--grace",
+        _GRACE_S,
+        f"seconds in-flight calls get to finish on SIGTERM/SIGINT (default {_GRACE_S:g})",
+        type=float,
+    )
     p.add_argument(
         "--log-level",
-        default=env_default("log-level", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (default INFO)",
+        default=env_default("log-level", _LOG_LEVEL),
+        choices=_LOG_LEVELS,
+        help=f"log level (default {_LOG_LEVEL})",
     )
     add_gpu_arguments(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of parsed flags; raises ConfigError for values that cannot work."""
     texts = args.model or [t for t in env_default("model", "").split(",") if t]
     return ServerConfig(
         models=tuple(ModelSpec.parse(t) for t in texts),
         host=args.host,
         port=args.port,
         size=args.size,
+        buckets=args.buckets,
         device=args.device,
         workers=args.workers,
         threads=args.threads,
@@ -237,10 +319,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-async def _serve(config: ServerConfig, grace: float) -> None:
+async def _serve(config: ServerConfig, grace: float, loop_name: str) -> None:
     from segstream.server.app import SegstreamServer
 
+    # Builds the credentials (a bad TLS or token file is a ConfigError) before anything is logged.
     server = SegstreamServer(config)
+    log.info("event loop: %s", loop_name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -265,6 +349,7 @@ async def _serve(config: ServerConfig, grace: float) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs segstream-server until SIGTERM/SIGINT: 0 when stopped, 1 when it cannot serve, 2 for bad settings."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -274,9 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         loop_name, new_loop = loop_factory(args.event_loop)
-        log.info("event loop: %s", loop_name)
         with asyncio.Runner(loop_factory=new_loop) as runner:
-            runner.run(_serve(config, args.grace))
+            runner.run(_serve(config, args.grace, loop_name))
+    except ConfigError as exc:  # a TLS or token file that cannot serve, found as the server is built
+        parser.exit(2, f"segstream-server: error: {exc}\n")
     except (EngineError, OSError, EventLoopUnavailable) as exc:
         print(f"segstream-server: error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,9 @@
-"""Server configuration: one frozen dataclass; CLI flags > SEGSTREAM_* environment > defaults."""
+"""Server configuration: one frozen dataclass of values; CLI flags > SEGSTREAM_* environment > defaults.
+
+Each default is written once, here (and in GpuOptions): segstream-server's flags and their help
+texts read them from these classes. The checks here look at values only; the TLS and token files
+are read where the server builds its credentials (segstream.server.security).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from segstream.server.buckets import Bucket, check_buckets
 from segstream.server.frame_limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INFERENCE_PIXELS
 from segstream.server.gpu_options import GpuOptions
 from segstream.server.ranges import check_range
@@ -41,11 +47,16 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """Everything a segstream server is started with; construction rejects values that cannot work."""
+
     models: tuple[ModelSpec, ...]
     host: str = "[::]"
     port: int = 50051
     # Short side of the network input; 0 runs frames at their own resolution.
     size: int = 520
+    # Inference shapes frames are snapped to (closest aspect ratio), on every provider; empty: the
+    # short side is resized to `size`. See segstream.server.buckets.
+    buckets: tuple[Bucket, ...] = ()
     device: Device = "auto"
     # Inference workers (threads, each with its own IOBinding buffers). 0 picks per provider.
     workers: int = 0
@@ -70,7 +81,8 @@ class ServerConfig:
     warmup: bool = True
     reflection: bool = True
     # TLS: the server's PEM certificate chain and private key (both or neither); with a client CA,
-    # clients must present a certificate it signed (mutual TLS). Checked in segstream.server.security.
+    # clients must present a certificate it signed (mutual TLS). The files are read, and their
+    # content checked, in segstream.server.security.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -93,7 +105,7 @@ class ServerConfig:
     # Seconds frames may wait on an engine that completes no batch before health turns
     # NOT_SERVING (0: never); see segstream.server.watchdog.
     stall_timeout_s: float = 30.0
-    # GPU providers, shape buckets, float16 and CUDA graphs; see segstream.server.gpu_options.
+    # GPU providers, float16 and CUDA graphs; see segstream.server.gpu_options.
     gpu: GpuOptions = field(default_factory=GpuOptions)
 
     def __post_init__(self) -> None:
@@ -139,15 +151,13 @@ class ServerConfig:
         if not 0 <= self.max_delay_ms <= 1000:
             raise ConfigError(f"--max-delay-ms {self.max_delay_ms}: must be between 0 and 1000")
         try:
-            self.gpu.check(self.device)
+            self.gpu.check(self.device, self.buckets)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        # Imported here: the security module builds on this one (ConfigError).
-        from segstream.server.security import check_security
-
-        check_security(self)
+        self._check_security_settings()
 
     def _check_frame_limits(self) -> None:
+        check_buckets(self.buckets, ConfigError)
         # 64 pixels: the smallest useful network input (the FCN's output stride is 8).
         _check_range("--max-inference-pixels", self.max_inference_pixels, 64, 1 << 31)
         if not 1 <= self.max_aspect <= 10_000:
@@ -159,24 +169,41 @@ class ServerConfig:
                 f"--size {self.size} runs even a square frame at {square} pixels, beyond --max-inference-pixels "
                 f"{self.max_inference_pixels}: raise --max-inference-pixels to at least {square} or lower --size"
             )
-        for height, width in self.gpu.buckets:
+        for height, width in self.buckets:
             if height * width > self.max_inference_pixels:
                 raise ConfigError(
                     f"--buckets {height}x{width} has {height * width} pixels, beyond --max-inference-pixels "
                     f"{self.max_inference_pixels}: raise --max-inference-pixels or use a smaller bucket"
                 )
 
+    def _check_security_settings(self) -> None:
+        # Which flags go together; whether the files hold what they should is found where they are read.
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "--tls-cert and --tls-key go together: pass both "
+                "(the server's PEM certificate chain and its private key)"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError(
+                "--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked over TLS"
+            )
+
     @property
     def default_model(self) -> str:
+        """The name of the model streams get when their StreamConfig names none (the first one)."""
         return self.models[0].name
 
     @property
     def address(self) -> str:
+        """HOST:PORT, as gRPC takes the address to listen on."""
         return f"{self.host}:{self.port}"
 
 
 def _check_range(flag: str, value: int, low: int, high: int) -> None:
     check_range(flag, value, low, high, ConfigError)
+
+
+_TRUE = ("1", "true", "yes", "on")
 
 
 def env_default(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
@@ -185,12 +212,17 @@ def env_default(name: str, default: str, environ: Mapping[str, str] | None = Non
     return env.get(f"SEGSTREAM_{name.upper().replace('-', '_')}", default)
 
 
-def env_option(parser: Any, flag: str, default: str | None, help: str, **kwargs: Any) -> None:
-    """Adds `flag` to an argparse parser or group with its default from SEGSTREAM_<FLAG>.
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off flag's default: SEGSTREAM_<NAME> as 1/true/yes/on (anything else is off), else `default`."""
+    return env_default(name, "1" if default else "0").strip().lower() in _TRUE
 
-    The default stays a string: argparse converts string defaults with the option's `type`, so a
-    bad environment value fails like a bad flag, in one line. A None default (an optional path, say)
-    stays None unless the environment sets it.
+
+def env_option(parser: Any, flag: str, default: object, help: str, **kwargs: Any) -> None:
+    """Adds `flag` to an argparse parser or group with its default from SEGSTREAM_<FLAG>, else `default`.
+
+    The default is handed to argparse as a string: argparse converts string defaults with the
+    option's `type`, so a bad environment value fails like a bad flag, in one line. A None default
+    (an optional path, say) stays None unless the environment sets it.
     """
-    value = env_default(flag.lstrip("-"), default or "")
+    value = env_default(flag.lstrip("-"), "" if default is None else str(default))
     parser.add_argument(flag, default=value if value or default is not None else None, help=help, **kwargs)

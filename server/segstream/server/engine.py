@@ -34,7 +34,9 @@ class Model(Protocol):
     """A loaded segmentation model, safe to call from several worker threads at once."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The name clients address the model by."""
+        ...
 
     @property
     def provider(self) -> str:
@@ -42,10 +44,14 @@ class Model(Protocol):
         ...
 
     @property
-    def heads(self) -> tuple[str, ...]: ...
+    def heads(self) -> tuple[str, ...]:
+        """The heads it serves ("out", "aux")."""
+        ...
 
     @property
-    def num_classes(self) -> int: ...
+    def num_classes(self) -> int:
+        """Classes its label maps hold."""
+        ...
 
     @property
     def synthetic(self) -> bool:
@@ -60,4 +66,6 @@ class Model(Protocol):
         """
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Frees its sessions and buffers; no `run` after it."""
+        ...

@@ -21,14 +21,20 @@ from segstream.wire.codec import FrameOverLimitError, InvalidFrameError
 
 
 class StreamError(Exception):
+    """A stream or call that cannot go on; `code` is the gRPC status it ends with."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class InvalidConfigError(StreamError):
+    """A StreamConfig the server cannot serve: unknown model or head, a bad value, sent twice or late."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class TooManyStreamsError(StreamError):
+    """Too many streams at once (--max-streams)."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -37,10 +43,14 @@ class TooManyCallsError(TooManyStreamsError):
 
 
 class NotReadyError(StreamError):
+    """The models are still loading, or the server is draining."""
+
     code = grpc.StatusCode.UNAVAILABLE
 
 
 class IdleStreamError(StreamError):
+    """A stream sent nothing for --idle-timeout seconds."""
+
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 

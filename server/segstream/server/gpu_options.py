@@ -2,15 +2,18 @@
 
 Everything here is pure (no ONNX Runtime import): the provider lists and option dicts that
 `providers.provider_list` hands to ONNX Runtime, the TensorRT profile shapes derived from the
-shape buckets, how many sessions a head gets, and the checks that reject flag combinations that
-cannot work. Option names follow ONNX Runtime's provider option keys (`cudnn_conv_algo_search`,
-`use_tf32`, `gpu_mem_limit`, `arena_extend_strategy`, `enable_cuda_graph`, `trt_fp16_enable`,
-`trt_engine_cache_path`, `trt_profile_min_shapes`, ...).
+server's shape buckets (a server setting, see segstream.server.buckets), how many sessions a head
+gets, and the checks that reject flag combinations that cannot work. Option names follow ONNX
+Runtime's provider option keys (`cudnn_conv_algo_search`, `use_tf32`, `gpu_mem_limit`,
+`arena_extend_strategy`, `enable_cuda_graph`, `trt_fp16_enable`, `trt_engine_cache_path`,
+`trt_profile_min_shapes`, ...).
 
 Example:
-    >>> gpu = GpuOptions(buckets=((520, 693), (693, 520)), cuda_graph=True)
+    >>> gpu = GpuOptions(cuda_graph=True)
     >>> cuda_provider_options(gpu)["enable_cuda_graph"]
     '1'
+    >>> tensorrt_provider_options(GpuOptions(), buckets=((520, 693),))["trt_profile_opt_shapes"]
+    'frames:1x520x693x3,input:1x3x520x693'
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from segstream.server.buckets import Bucket
 from segstream.server.ranges import check_range
 
 CPU = "CPUExecutionProvider"
@@ -33,13 +37,10 @@ ArenaExtend = Literal["next-power-of-two", "same-as-requested"]
 ARENA_EXTENDS: tuple[ArenaExtend, ...] = ("next-power-of-two", "same-as-requested")
 _ARENA_VALUES = {"next-power-of-two": "kNextPowerOfTwo", "same-as-requested": "kSameAsRequested"}
 
-Bucket = tuple[int, int]  # (height, width) of the network input
 ProviderList = list[str | tuple[str, dict[str, Any]]]
 
 # app.worker_count's choice on a GPU; sessions that serialize their runs get one per worker.
 DEFAULT_GPU_WORKERS = 2
-MIN_BUCKET_SIDE = 8  # the FCN's output stride
-MAX_BUCKET_SIDE = 4096
 MAX_DEVICE_ID = 63
 MAX_SESSIONS = 64
 
@@ -55,14 +56,15 @@ class GpuOptions:
     arena_extend: ArenaExtend = "next-power-of-two"
     trt_fp16: bool = False
     trt_cache_dir: Path | None = None
-    # Inference shapes frames are snapped to (closest aspect ratio); empty: short side = --size.
-    buckets: tuple[Bucket, ...] = ()
     cuda_graph: bool = False
     fp16: bool = False  # the float16 model variant (CUDA); TensorRT builds float16 engines instead
     sessions_per_head: int = 0  # 0: one per worker where the provider serializes runs, else one
 
-    def check(self, device: str) -> None:
-        """Raises ValueError saying which flag to change when the settings cannot work on `device`."""
+    def check(self, device: str, buckets: Sequence[Bucket]) -> None:
+        """Raises ValueError saying which flag to change when the settings cannot work on `device`.
+
+        `buckets` are the server's --buckets, which CUDA graphs need.
+        """
         check_range("--gpu", self.device_id, 0, MAX_DEVICE_ID)
         if self.conv_search not in CONV_SEARCHES:
             raise ValueError(f"--cuda-conv-search {self.conv_search!r}: choose one of {', '.join(CONV_SEARCHES)}")
@@ -71,7 +73,6 @@ class GpuOptions:
         if self.mem_limit < 0:
             raise ValueError(f"--gpu-mem-limit {self.mem_limit}: must be 0 (no limit) or a number of bytes")
         check_range("--sessions-per-head", self.sessions_per_head, 0, MAX_SESSIONS)
-        check_buckets(self.buckets)
         if self.trt_cache_dir is not None and self.trt_cache_dir.exists() and not self.trt_cache_dir.is_dir():
             raise ValueError(f"--trt-cache-dir {self.trt_cache_dir}: exists and is not a directory")
         if device != "tensorrt":
@@ -81,7 +82,7 @@ class GpuOptions:
         if self.cuda_graph:
             if device not in ("cuda", "auto"):
                 raise ValueError(f"--cuda-graph needs --device cuda (or auto on a GPU), not --device {device}")
-            if not self.buckets:
+            if not buckets:
                 raise ValueError(
                     "--cuda-graph needs --buckets: a CUDA graph replays fixed input shapes, "
                     "so frames must be snapped to a known set (e.g. --buckets 520x693,693x520,520x520)"
@@ -93,40 +94,6 @@ class GpuOptions:
     def trt_float16(self) -> bool:
         """TensorRT builds float16 engines from the float32 graph: --fp16 means that there too."""
         return self.trt_fp16 or self.fp16
-
-
-_BUCKET = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
-
-
-def parse_buckets(text: str) -> tuple[Bucket, ...]:
-    """'520x693,693x520' -> ((520, 693), (693, 520)): HEIGHTxWIDTH, comma-separated; '' -> ()."""
-    if not text.strip():
-        return ()
-    buckets: list[Bucket] = []
-    for part in text.split(","):
-        match = _BUCKET.fullmatch(part)
-        if match is None:
-            raise ValueError(
-                f"--buckets {text!r}: {part.strip()!r} is not HEIGHTxWIDTH; "
-                "write e.g. --buckets 520x693,693x520,520x520"
-            )
-        buckets.append((int(match[1]), int(match[2])))
-    buckets_tuple = tuple(buckets)
-    check_buckets(buckets_tuple)
-    return buckets_tuple
-
-
-def check_buckets(buckets: Sequence[Bucket]) -> None:
-    seen: set[Bucket] = set()
-    for height, width in buckets:
-        for side in (height, width):
-            if not MIN_BUCKET_SIDE <= side <= MAX_BUCKET_SIDE:
-                raise ValueError(
-                    f"--buckets {height}x{width}: each side must be between {MIN_BUCKET_SIDE} and {MAX_BUCKET_SIDE}"
-                )
-        if (height, width) in seen:
-            raise ValueError(f"--buckets: {height}x{width} is listed twice")
-        seen.add((height, width))
 
 
 def parse_bytes(text: str) -> int:
@@ -152,8 +119,8 @@ def cuda_provider_options(gpu: GpuOptions) -> dict[str, str]:
     return options
 
 
-def tensorrt_provider_options(gpu: GpuOptions, max_batch: int = 1) -> dict[str, str]:
-    """ONNX Runtime's TensorrtExecutionProvider options for these settings."""
+def tensorrt_provider_options(gpu: GpuOptions, max_batch: int = 1, buckets: Sequence[Bucket] = ()) -> dict[str, str]:
+    """ONNX Runtime's TensorrtExecutionProvider options for these settings and the server's --buckets."""
     options = {
         "device_id": str(gpu.device_id),
         "trt_fp16_enable": "1" if gpu.trt_float16 else "0",
@@ -166,8 +133,8 @@ def tensorrt_provider_options(gpu: GpuOptions, max_batch: int = 1) -> dict[str, 
             trt_timing_cache_enable="1",
             trt_timing_cache_path=cache,
         )
-    if gpu.buckets:
-        options.update(trt_profile_shapes(gpu.buckets, max_batch))
+    if buckets:
+        options.update(trt_profile_shapes(buckets, max_batch))
     return options
 
 
@@ -196,7 +163,9 @@ def trt_profile_shapes(buckets: Sequence[Bucket], max_batch: int = 1) -> dict[st
     }
 
 
-def build_provider_list(device: str, gpu: GpuOptions, max_batch: int = 1) -> ProviderList:
+def build_provider_list(
+    device: str, gpu: GpuOptions, max_batch: int = 1, buckets: Sequence[Bucket] = ()
+) -> ProviderList:
     """Providers for a resolved device ('cpu', 'cuda' or 'tensorrt'), most preferred first."""
     if device == "cpu":
         return [CPU]
@@ -205,7 +174,7 @@ def build_provider_list(device: str, gpu: GpuOptions, max_batch: int = 1) -> Pro
         return [cuda, CPU]
     if device == "tensorrt":
         # Nodes TensorRT cannot take run on CUDA; CUDA graphs are CUDA-only (checked in GpuOptions.check).
-        return [(TENSORRT, dict(tensorrt_provider_options(gpu, max_batch))), cuda, CPU]
+        return [(TENSORRT, dict(tensorrt_provider_options(gpu, max_batch, buckets))), cuda, CPU]
     raise ValueError(f"unknown device {device!r}")
 
 

@@ -12,7 +12,10 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 
 class JsonFormatter(logging.Formatter):
+    """Formats each record as one JSON object, with the `extra=` fields (stream and frame ids) as keys."""
+
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -26,6 +29,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:
+    """Sends every log record at `level` and above to stderr, as text lines or JSON objects (`fmt`)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

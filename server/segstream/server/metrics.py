@@ -21,6 +21,8 @@ _CODE_NAMES = {3: "invalid_argument", 8: "resource_exhausted", 13: "internal", 1
 
 
 class Metrics:
+    """The counters, gauges and histograms of one server, in a registry of its own."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -57,6 +59,7 @@ class Metrics:
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
     def frame_done(self, model: str, response: pb.SegmentResponse) -> None:
+        """Counts one answered frame of `model`: its error reason, or its time in each stage."""
         if response.HasField("error"):
             self.failed.labels(model, _CODE_NAMES.get(response.error.code, str(response.error.code))).inc()
             return
@@ -80,6 +83,7 @@ class Metrics:
         return int(server.server_port)
 
     def close(self) -> None:
+        """Stops the /metrics endpoint, if it was started."""
         if self._http is not None:
             server, thread = self._http
             server.shutdown()

@@ -33,6 +33,7 @@ import onnxruntime as ort
 
 from segstream.models.graph import is_synthetic
 from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, LOGITS, OUTPUT_SIZE, serving_graph
+from segstream.server.buckets import Bucket
 from segstream.server.config import Device, ModelSpec
 from segstream.server.engine import HEADS, BatchResult, EngineError, U8Array
 from segstream.server.gpu_options import CUDA, TENSORRT, GpuOptions, serializes_runs, session_count
@@ -78,8 +79,11 @@ class OrtModel:
         max_batch: int = 1,
         workers: int = 0,
         cpu_resize_in_graph: bool = False,
+        buckets: Sequence[Bucket] = (),
     ) -> None:
         """Loads the model's serving graphs; raises EngineError saying what to check.
+
+        `buckets` are the server's --buckets: CUDA graphs need them and TensorRT builds its profile from them.
 
         `cpu_resize_in_graph` makes the CPU provider resize the logits in the graph as GPU providers
         do (memory grows with the output size; kept to compare against the host upsampling).
@@ -87,7 +91,7 @@ class OrtModel:
         self._name = spec.name
         gpu = gpu or GpuOptions()
         try:
-            gpu.check(device)
+            gpu.check(device, buckets)
         except ValueError as exc:
             raise EngineError(f"model {spec.name}: {exc}") from exc
         try:
@@ -101,12 +105,12 @@ class OrtModel:
         self._synthetic = is_synthetic(proto)
         self._num_classes = _num_classes(proto, self._heads[0])
         try:
-            self._providers = provider_list(device, gpu, max_batch)
+            self._providers = provider_list(device, gpu, max_batch, buckets)
         except EngineError as exc:
             raise EngineError(f"model {spec.name}: {exc}") from exc
         wanted = _provider_name(self._providers[0])
         if wanted == TENSORRT:
-            _prepare_tensorrt(spec.name, gpu)
+            _prepare_tensorrt(spec.name, gpu, buckets)
         self._options = ort.SessionOptions()
         self._options.intra_op_num_threads = threads
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -172,22 +176,27 @@ class OrtModel:
 
     @property
     def name(self) -> str:
+        """The name clients address the model by."""
         return self._name
 
     @property
     def provider(self) -> str:
+        """The execution provider really running the model."""
         return self._provider
 
     @property
     def heads(self) -> tuple[str, ...]:
+        """The heads it serves, each with its own sessions."""
         return self._heads
 
     @property
     def num_classes(self) -> int:
+        """Classes its label maps hold."""
         return self._num_classes
 
     @property
     def synthetic(self) -> bool:
+        """True when the weights are random (masks are meaningless)."""
         return self._synthetic
 
     @property
@@ -197,10 +206,12 @@ class OrtModel:
 
     @property
     def sessions_per_head(self) -> int:
+        """Sessions each head has; the workers share them out."""
         return len(self._session_locks)
 
     @property
     def cuda_graphs(self) -> bool:
+        """Whether runs are captured and replayed as CUDA graphs."""
         return self._graphs
 
     @property
@@ -209,6 +220,7 @@ class OrtModel:
         return self._host_upsample
 
     def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
+        """Segments N frames of one shape; see Model.run (results live in this thread's buffers)."""
         sessions = self._sessions.get(head)
         if sessions is None:
             raise EngineError(f"model {self._name} does not serve head {head!r} (heads: {list(self._heads)})")
@@ -372,6 +384,7 @@ class OrtModel:
         )
 
     def close(self) -> None:
+        """Drops the sessions (and with them their device memory)."""
         self._sessions.clear()
 
 
@@ -401,7 +414,7 @@ def _serving_bytes(proto: onnx.ModelProto, head: str, float16: bool, resize_in_g
     return bytes(serving_graph(proto, head, resize_in_graph).SerializeToString())
 
 
-def _prepare_tensorrt(model: str, gpu: GpuOptions) -> None:
+def _prepare_tensorrt(model: str, gpu: GpuOptions, buckets: Sequence[Bucket]) -> None:
     if gpu.trt_cache_dir is not None:
         try:
             gpu.trt_cache_dir.mkdir(parents=True, exist_ok=True)
@@ -409,7 +422,7 @@ def _prepare_tensorrt(model: str, gpu: GpuOptions) -> None:
             raise EngineError(f"model {model}: --trt-cache-dir {gpu.trt_cache_dir}: {exc}") from exc
     else:
         log.warning("model %s: no --trt-cache-dir, so TensorRT builds its engines again on every start", model)
-    if not gpu.buckets:
+    if not buckets:
         log.warning(
             "model %s: TensorRT without --buckets builds a new engine whenever a frame shape falls outside "
             "the ones seen so far; pass --buckets to build one engine for all of them up front",

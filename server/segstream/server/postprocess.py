@@ -15,7 +15,6 @@ from segstream.wire import codec
 from segstream.wire.palette import blend, class_share, colorize
 
 U8Array = npt.NDArray[np.uint8]
-F32Array = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,7 @@ class OutputSpec:
     jpeg_quality: int = 90
 
     def wants(self, output: int) -> bool:
+        """Whether the stream asked for `output` (a pb.Output value)."""
         return output in self.outputs
 
 

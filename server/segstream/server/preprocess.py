@@ -1,7 +1,8 @@
-"""Frame -> network input, as the model card prescribes: RGB, [0, 1], per-channel mean/std, NCHW.
+"""Frame -> network input: the shape it runs the network at, and the resize to that shape.
 
 The short side is resized to the inference size keeping the aspect ratio (bilinear); with shape
-buckets the frame is resized to exactly the bucket with the closest aspect ratio instead.
+buckets the frame is resized to exactly the bucket with the closest aspect ratio instead. The
+frame stays uint8 RGB: the serving graph (segstream.models.serving) normalises it in its first nodes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-# (x / 255 - mean) / std folded into one multiply-add per pixel.
-_SCALE = (1.0 / (255.0 * STD)).astype(np.float32)
-_OFFSET = (-MEAN / STD).astype(np.float32)
-
-F32Array = npt.NDArray[np.float32]
 U8Array = npt.NDArray[np.uint8]
 
 
@@ -57,22 +51,7 @@ def snap_to_bucket(height: int, width: int, size: int, buckets: Sequence[tuple[i
 
 
 def resize_rgb(rgb: U8Array, shape: tuple[int, int]) -> U8Array:
+    """The HxWx3 frame resized (bilinear) to `shape` (height, width); the frame itself when it already is."""
     if rgb.shape[:2] == shape:
         return rgb
     return np.asarray(cv2.resize(rgb, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR), np.uint8)
-
-
-def normalize_into(rgb: U8Array, out: F32Array) -> F32Array:
-    """Write the normalized CHW tensor of an HxWx3 RGB uint8 image into `out` (3xHxW float32)."""
-    for c in range(3):
-        # One channel at a time keeps the temporaries small and writes straight into `out`.
-        np.multiply(rgb[:, :, c], _SCALE[c], out=out[c], dtype=np.float32)
-        out[c] += _OFFSET[c]
-    return out
-
-
-def preprocess(rgb: U8Array, size: int) -> tuple[U8Array, F32Array]:
-    """The resized RGB frame and its normalized 3xHxW tensor."""
-    resized = resize_rgb(rgb, inference_shape(rgb.shape[0], rgb.shape[1], size))
-    tensor = np.empty((3, *resized.shape[:2]), np.float32)
-    return resized, normalize_into(resized, tensor)

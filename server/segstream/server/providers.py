@@ -6,10 +6,12 @@ The option dicts themselves are built in segstream.server.gpu_options (pure, tes
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnxruntime as ort
 
+from segstream.server.buckets import Bucket
 from segstream.server.config import Device
 from segstream.server.engine import EngineError
 from segstream.server.gpu_options import CPU, CUDA, TENSORRT, GpuOptions, ProviderList, build_provider_list
@@ -33,8 +35,10 @@ def nvidia_gpu_present() -> bool:
     return _DRIVER.exists() or Path("/dev/nvidia0").exists()
 
 
-def provider_list(device: Device, gpu: GpuOptions | None = None, max_batch: int = 1) -> ProviderList:
-    """Providers to ask ONNX Runtime for, most preferred first.
+def provider_list(
+    device: Device, gpu: GpuOptions | None = None, max_batch: int = 1, buckets: Sequence[Bucket] = ()
+) -> ProviderList:
+    """Providers to ask ONNX Runtime for, most preferred first; `buckets` shape TensorRT's profile.
 
     An explicit cuda or tensorrt device on a machine without the NVIDIA driver fails here with
     one clear line instead of ONNX Runtime's library errors.
@@ -53,7 +57,7 @@ def provider_list(device: Device, gpu: GpuOptions | None = None, max_batch: int 
         )
     if device != "cpu":
         _preload_cuda_libraries()
-    return build_provider_list(device, gpu, max_batch)
+    return build_provider_list(device, gpu, max_batch, buckets)
 
 
 def _name(provider: str | tuple[str, object]) -> str:

@@ -6,6 +6,10 @@ the handshake, before any call. Bearer tokens (`--auth-token-file`) are checked 
 interceptor: every method needs `authorization: Bearer <token>` except the grpc.health.v1 health
 service, which orchestrators probe without credentials. Tokens are compared in constant time and
 never appear in a log line or an error message.
+
+The files are read once, by `server_security`, when the server is built: a file that cannot be read
+or does not hold what its flag needs is a ConfigError naming the flag, before any model loads.
+Which flags go together is checked earlier, by ServerConfig, on the values alone.
 """
 
 from __future__ import annotations
@@ -14,18 +18,17 @@ import hmac
 import logging
 import stat
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import grpc.aio
 
-from segstream.server.config import ConfigError
+from segstream.server.config import ConfigError, ServerConfig
 from segstream.server.untrusted import clip
 
 if TYPE_CHECKING:
-    from segstream.server.config import ServerConfig
-
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:  # generic only in the type stubs
     _Interceptor = grpc.aio.ServerInterceptor
@@ -41,23 +44,6 @@ _HOW_TO_AUTHENTICATE = (
     "send the metadata 'authorization: Bearer <token>' with a token from the server's --auth-token-file "
     "(segstream-client --token-file FILE, or token=... in SegmentationClient)"
 )
-
-
-def check_security(config: ServerConfig) -> None:
-    """Raises ConfigError for TLS or token settings that cannot work (called by ServerConfig)."""
-    if (config.tls_cert is None) != (config.tls_key is None):
-        raise ConfigError(
-            "--tls-cert and --tls-key go together: pass both (the server's PEM certificate chain and its private key)"
-        )
-    if config.tls_client_ca is not None and config.tls_cert is None:
-        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked over TLS")
-    if config.tls_cert is not None and config.tls_key is not None:
-        _read_pem("--tls-cert", config.tls_cert, _CERT_MARK, "a PEM certificate chain")
-        _read_pem("--tls-key", config.tls_key, _KEY_MARK, "a PEM private key")
-    if config.tls_client_ca is not None:
-        _read_pem("--tls-client-ca", config.tls_client_ca, _CERT_MARK, "PEM CA certificates")
-    if config.auth_token_file is not None:
-        read_tokens(config.auth_token_file)
 
 
 def _read_file(flag: str, path: Path) -> bytes:
@@ -99,36 +85,66 @@ def read_tokens(path: Path) -> tuple[str, ...]:
     return tuple(tokens)
 
 
-def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
-    """TLS credentials for the listening port, or None to serve plaintext."""
+@dataclass(frozen=True)
+class ServerSecurity:
+    """What the gRPC server is built with for the configured security: port credentials and interceptors."""
+
+    credentials: grpc.ServerCredentials | None  # None: serve plaintext
+    interceptors: tuple[grpc.aio.ServerInterceptor[Any, Any], ...]
+
+
+@dataclass(frozen=True)
+class _TlsFiles:
+    chain: bytes
+    key: bytes
+    client_ca: bytes | None
+
+
+def server_security(config: ServerConfig) -> ServerSecurity:
+    """Reads the TLS and token files once; raises ConfigError naming the flag of a file that cannot serve."""
+    tls = _read_tls(config)
+    tokens = read_tokens(config.auth_token_file) if config.auth_token_file is not None else None
+    # Nothing is logged until every file has been read, so a bad one is the only line a start prints.
+    return ServerSecurity(_credentials(config, tls), _interceptors(config, tokens))
+
+
+def _read_tls(config: ServerConfig) -> _TlsFiles | None:
     if config.tls_cert is None or config.tls_key is None:
-        if config.auth_token_file is not None:
-            log.warning(
-                "bearer tokens travel in plaintext without --tls-cert/--tls-key: the network path can read them"
-            )
         return None
     chain = _read_pem("--tls-cert", config.tls_cert, _CERT_MARK, "a PEM certificate chain")
     key = _read_pem("--tls-key", config.tls_key, _KEY_MARK, "a PEM private key")
     client_ca = None
     if config.tls_client_ca is not None:
         client_ca = _read_pem("--tls-client-ca", config.tls_client_ca, _CERT_MARK, "PEM CA certificates")
+    return _TlsFiles(chain, key, client_ca)
+
+
+def _credentials(config: ServerConfig, tls: _TlsFiles | None) -> grpc.ServerCredentials | None:
+    if tls is None:
+        if config.auth_token_file is not None:
+            log.warning(
+                "bearer tokens travel in plaintext without --tls-cert/--tls-key: the network path can read them"
+            )
+        return None
     log.info(
         "TLS on with certificate %s%s",
         config.tls_cert,
-        f"; clients must present a certificate signed by {config.tls_client_ca}" if client_ca else "",
+        f"; clients must present a certificate signed by {config.tls_client_ca}" if tls.client_ca else "",
     )
-    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=bool(client_ca))
+    return grpc.ssl_server_credentials(
+        [(tls.key, tls.chain)], root_certificates=tls.client_ca, require_client_auth=bool(tls.client_ca)
+    )
 
 
-def server_interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
-    """The interceptors the configured authentication needs (none without --auth-token-file)."""
+def _interceptors(
+    config: ServerConfig, tokens: Sequence[str] | None
+) -> tuple[grpc.aio.ServerInterceptor[Any, Any], ...]:
     path = config.auth_token_file
-    if path is None:
-        return []
-    tokens = read_tokens(path)
+    if path is None or tokens is None:
+        return ()
     _warn_if_exposed(path)
     log.info("bearer token authentication on: %d token(s) from %s; health checks stay open", len(tokens), path)
-    return [BearerTokenInterceptor(tokens)]
+    return (BearerTokenInterceptor(tokens),)
 
 
 def _warn_if_exposed(path: Path) -> None:
@@ -165,6 +181,7 @@ class BearerTokenInterceptor(_Interceptor):
         return f"BearerTokenInterceptor({len(self._tokens)} token(s))"
 
     def accepts(self, presented: bytes) -> bool:
+        """Whether `presented` is one of the accepted tokens."""
         # compare_digest against every token, without stopping at a match, so the time taken says
         # neither which token matched nor how much of one did.
         matched = False
@@ -177,6 +194,7 @@ class BearerTokenInterceptor(_Interceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        """The method's own handler for an open method or an accepted token, else one that refuses the call."""
         method = handler_call_details.method
         if method.startswith(self._open):
             return await continuation(handler_call_details)

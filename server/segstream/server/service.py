@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 
-from segstream.server.admission import LiveAdmission
 from segstream.server.errors import (
     InvalidConfigError,
     NotReadyError,
@@ -20,7 +19,9 @@ from segstream.server.errors import (
     TooManyStreamsError,
     status_for,
 )
-from segstream.server.pipeline import Pipeline, StreamSettings
+from segstream.server.metrics import Metrics
+from segstream.server.pipeline import Pipeline
+from segstream.server.stages import StreamSettings
 from segstream.server.streams import RequestReader, latest, ordered
 from segstream.server.untrusted import clip
 from segstream.v1 import segmentation_pb2 as pb
@@ -35,19 +36,22 @@ LOADING = "the server is still loading its models; retry in a few seconds (healt
 
 
 class SegmentationService(pb_grpc.SegmentationServicer):
+    """The Segmentation service; it refuses calls as still loading until `serve` hands it a Pipeline."""
+
     def __init__(
         self,
-        pipeline: Pipeline,
+        metrics: Metrics,
         *,
-        size: int,
         inflight: int,
         max_streams: int,
         ready: Callable[[], bool],
         idle_timeout: float = 0.0,
         max_unary: int = 32,
     ) -> None:
-        self._pipeline = pipeline
-        self._size = size
+        """Registered with the gRPC server before it starts, while the models still load."""
+        self._metrics = metrics
+        # Set once by `serve`, when the models are loaded and warm; until then calls are refused.
+        self._pipeline: Pipeline | None = None
         self._inflight = inflight
         self._max_streams = max_streams
         self._max_unary = max_unary
@@ -61,17 +65,18 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         self.draining = asyncio.Event()
         self.all_closed = asyncio.Event()
         self.all_closed.set()
-        # Places in the engine for LATEST streams' frames; sized once the engine is known.
-        self.live_admission = LiveAdmission(1)
-        # Set by the server once its models are loaded and warmed up; until then calls are refused.
-        self.warm = False
+
+    def serve(self, pipeline: Pipeline) -> None:
+        """Starts answering calls with `pipeline`, whose models are loaded and warm."""
+        self._pipeline = pipeline
 
     async def Segment(
         self, requests: AsyncIterator[pb.SegmentRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SegmentResponse]:
-        metrics = self._pipeline.metrics
+        """A stream: the first message may carry a StreamConfig, then one response per frame."""
+        metrics = self._metrics
         try:
-            self._admit()
+            pipeline = self._admit()
         except StreamError as exc:
             metrics.rejected.labels(type(exc).__name__).inc()
             await context.abort(*status_for(exc))
@@ -86,20 +91,20 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             if first is None:
                 return  # an empty stream is answered with an empty stream
             config = first.config if first.HasField("config") else pb.StreamConfig()
-            settings = self._pipeline.resolve(config)
+            settings = pipeline.resolve(config)
             log.info(
                 "stream %d opened: model %s, %s", stream, settings.model, _policy_name(settings.policy), extra=log_extra
             )
             frames = _frames(messages, None if first.HasField("config") else first)
 
             async def process(frame: pb.Frame, received: float) -> pb.SegmentResponse:
-                return await self._pipeline.process(frame, settings, received)
+                return await pipeline.process(frame, settings, received)
 
             def dropped() -> None:
                 metrics.dropped.labels(settings.model).inc()
 
             policy = (
-                latest(frames, process, dropped, self.live_admission)
+                latest(frames, process, dropped, pipeline.admission)
                 if settings.policy == pb.FRAME_POLICY_LATEST
                 else ordered(frames, process, self._inflight)
             )
@@ -121,78 +126,85 @@ class SegmentationService(pb_grpc.SegmentationServicer):
     def _opened(self) -> None:
         self.open_streams += 1
         self.all_closed.clear()
-        self._pipeline.metrics.open_streams.set(self.open_streams)
+        self._metrics.open_streams.set(self.open_streams)
 
     def _closed(self) -> None:
         self.open_streams -= 1
-        self._pipeline.metrics.open_streams.set(self.open_streams)
+        self._metrics.open_streams.set(self.open_streams)
         if self.open_streams == 0:
             self.all_closed.set()
 
     async def SegmentImage(
         self, request: pb.SegmentImageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SegmentResponse:
+        """One image, one response: the frame path of a stream without the stream."""
         try:
-            self._admit_unary()
-            settings: StreamSettings = self._pipeline.resolve(request.config)
+            pipeline = self._admit_unary()
+            settings: StreamSettings = pipeline.resolve(request.config)
         except StreamError as exc:
             if isinstance(exc, TooManyCallsError):
-                self._pipeline.metrics.rejected.labels(type(exc).__name__).inc()
+                self._metrics.rejected.labels(type(exc).__name__).inc()
             await context.abort(*status_for(exc))
         # Counted from here to the answer, however the call ends (a client that cancels included):
         # no await between the check above and this increment, so the limit cannot be overrun.
         self._unary_changed(+1)
         try:
-            return await self._pipeline.process(request.frame, settings, time.perf_counter())
+            return await pipeline.process(request.frame, settings, time.perf_counter())
         finally:
             self._unary_changed(-1)
 
     def _unary_changed(self, delta: int) -> None:
         self.open_unary += delta
-        self._pipeline.metrics.open_unary.set(self.open_unary)
+        self._metrics.open_unary.set(self.open_unary)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        if not self.warm:
+        """The served models with their classes, palette, heads and inference shapes."""
+        pipeline = self._pipeline
+        if pipeline is None:
             # An empty list would read as "this server serves no models" rather than "wait a moment".
             await context.abort(grpc.StatusCode.UNAVAILABLE, LOADING)
         response = pb.ListModelsResponse()
         palette = voc_palette()
-        for name, model in self._pipeline.models.items():
+        shaping = pipeline.shaping
+        for name, model in pipeline.models.items():
             response.models.add(
                 name=name,
                 class_names=VOC_CLASSES[: model.num_classes],
                 palette=[pb.Color(r=int(r), g=int(g), b=int(b)) for r, g, b in palette[: model.num_classes]],
-                inference_size=self._size,
+                inference_size=shaping.size,
                 execution_provider=model.provider,
                 heads=[_HEADS[h] for h in model.heads],
                 synthetic=model.synthetic,
-                is_default=name == self._pipeline.default_model,
-                inference_shapes=[pb.InferenceShape(width=w, height=h) for h, w in self._pipeline.buckets],
+                is_default=name == pipeline.default_model,
+                inference_shapes=[pb.InferenceShape(width=w, height=h) for h, w in shaping.buckets],
             )
         return response
 
-    def _admit(self) -> None:
-        self._check_ready()
+    def _admit(self) -> Pipeline:
+        pipeline = self._check_ready()
         if self.open_streams >= self._max_streams:
             raise TooManyStreamsError(
                 f"the server already serves its maximum of {self._max_streams} streams; retry later"
             )
+        return pipeline
 
-    def _admit_unary(self) -> None:
-        self._check_ready()
+    def _admit_unary(self) -> Pipeline:
+        pipeline = self._check_ready()
         if self.open_unary >= self._max_unary:
             raise TooManyCallsError(
                 f"the server already answers its maximum of {self._max_unary} SegmentImage calls at once "
                 "(--max-unary); retry later"
             )
+        return pipeline
 
-    def _check_ready(self) -> None:
-        if not self.warm:
+    def _check_ready(self) -> Pipeline:
+        if self._pipeline is None:
             raise NotReadyError(LOADING)
         if not self._ready():
             raise NotReadyError("the server is not serving (shutting down, or unhealthy); retry shortly")
+        return self._pipeline
 
 
 async def _frames(

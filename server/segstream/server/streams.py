@@ -24,6 +24,7 @@ _END = object()
 
 
 async def ordered(frames: AsyncIterator[pb.Frame], process: Process, window: int) -> AsyncIterator[pb.SegmentResponse]:
+    """Every frame, answered in order, with at most `window` of them in flight."""
     slots = asyncio.Semaphore(window)
     queue: asyncio.Queue[asyncio.Task[pb.SegmentResponse] | object] = asyncio.Queue()
 
@@ -132,6 +133,7 @@ class RequestReader:
         self.drained = False
 
     async def read(self, messages: AsyncIterator[pb.SegmentRequest]) -> AsyncIterator[pb.SegmentRequest]:
+        """The stream's messages, until it half-closes, the server drains, or it idles (IdleStreamError)."""
         iterator = aiter(messages)
         stopping = asyncio.ensure_future(self._stop.wait())
         pending: asyncio.Future[pb.SegmentRequest] | None = None

@@ -19,6 +19,7 @@ __all__ = ["build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark for the command line `argv` (default: sys.argv[1:]); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -58,6 +58,7 @@ class CpuUse:
         return CpuUse(wall, mix(self.bench, other.bench), mix(self.server, other.server), mix(self.other, other.other))
 
     def as_dict(self) -> dict[str, float | None]:
+        """The figures for the JSON report, rounded to 0.01 cores (None where unknown)."""
         return {
             "bench": _r(self.bench),
             "server": _r(self.server),
@@ -81,6 +82,7 @@ class CpuMeter:
         return time.perf_counter(), _busy_seconds(), _process_seconds("self"), server
 
     def stop(self) -> CpuUse:
+        """The cores the bench, the server and everything else kept busy since the meter started."""
         end = self._read()
         wall = end[0] - self._start[0]
         deltas: list[float | None] = []

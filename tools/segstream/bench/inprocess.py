@@ -1,8 +1,10 @@
-"""The in-process measurements: raw ONNX Runtime alone, and the server's per-frame work in one loop.
+"""The in-process measurements: raw ONNX Runtime alone, and the server's per-frame stages in one loop.
 
 Both take their settings from the `ServerConfig` the server itself was started with (model file,
 execution provider and its options, threads, shape buckets), and run after the server has stopped,
-so nothing else competes for the cores.
+so nothing else competes for the cores. The pipeline loop calls the server's own stages
+(segstream.server.stages) one after the other, so it runs by construction what the server runs
+per frame, without the threads, the batcher and the transport around them.
 """
 
 from __future__ import annotations
@@ -11,34 +13,42 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 from segstream.bench.report import LoopResult
 from segstream.client import StreamOptions
+from segstream.models.serving import MEAN, STD
+from segstream.server import stages
 from segstream.server.app import load_models
 from segstream.server.config import ServerConfig
-from segstream.server.postprocess import OutputSpec, postprocess
-from segstream.server.preprocess import normalize_into, resize_rgb, snap_to_bucket
+from segstream.server.preprocess import resize_rgb
 from segstream.server.providers import check_loaded, provider_list
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.wire import codec
 
+F32Array = npt.NDArray[np.float32]
 
-def output_spec(options: StreamOptions) -> OutputSpec:
-    """The OutputSpec the server resolves for these options (every StreamConfig field is set explicitly)."""
-    config = options.to_proto()
-    return OutputSpec(
-        outputs=frozenset(config.outputs),
-        mask_encoding=config.mask_encoding,
-        image_encoding=config.image_encoding,
-        resolution=config.resolution,
-        jpeg_quality=config.jpeg_quality,
-    )
+# (x / 255 - mean) / std folded into one multiply-add per pixel, as the serving graph's first nodes do.
+_SCALE = (1.0 / (255.0 * np.array(STD, np.float32))).astype(np.float32)
+_OFFSET = (-np.array(MEAN, np.float32) / np.array(STD, np.float32)).astype(np.float32)
 
 
 def network_shape(config: ServerConfig, height: int, width: int) -> tuple[int, int]:
     """The inference shape the server gives a height x width frame (short side --size, or a --buckets shape)."""
-    return snap_to_bucket(height, width, config.size, config.gpu.buckets)
+    return stages.Shaping.of(config).network_shape(height, width)
+
+
+def normalize_into(rgb: codec.U8Array, out: F32Array) -> F32Array:
+    """Writes the model card's normalised 3xHxW float32 tensor of an HxWx3 RGB uint8 image into `out`.
+
+    The raw loop's input: the plain model file wants the float tensor the serving graph computes itself.
+    """
+    for c in range(3):
+        # One channel at a time keeps the temporaries small and writes straight into `out`.
+        np.multiply(rgb[:, :, c], _SCALE[c], out=out[c], dtype=np.float32)
+        out[c] += _OFFSET[c]
+    return out
 
 
 def measure_raw(
@@ -57,7 +67,7 @@ def measure_raw(
     options.intra_op_num_threads = config.threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    providers = provider_list(config.device, config.gpu, config.max_batch)
+    providers = provider_list(config.device, config.gpu, config.max_batch, config.buckets)
     session = ort.InferenceSession(str(model.path), options, providers=providers)
     provider = check_loaded(config.device, providers, session, model.name)
     rgb = codec.decode_encoded(frame_jpeg)
@@ -85,15 +95,17 @@ def measure_pipeline(
     iterations: int,
     warmup: int,
 ) -> LoopResult:
-    """Per frame what the server does, without serving: decode, resize, serving graph, postprocess.
+    """Per frame the server's stages, without serving: decode, resize, infer, finish.
 
     The model is loaded by the server's own `load_models` (OrtModel: IOBinding over the serving
-    graph, the server's provider options), and the response is filled by the server's `postprocess`.
+    graph, the server's provider options), and the stream's options are resolved by the server's
+    own `stages.resolve`.
     """
     name = config.models[0].name
     engine = load_models(config)[name]
     try:
-        spec = output_spec(options)
+        settings = stages.resolve(options.to_proto(), {name: engine}, name)
+        shaping = stages.Shaping.of(config)
         wire = [pb.Frame(frame_id=i, encoded=pb.EncodedImage(data=data)) for i, data in enumerate(frames)]
         stage_sums = dict.fromkeys(("decode", "resize", "inference", "postprocess"), 0.0)
         times: list[float] = []
@@ -101,16 +113,14 @@ def measure_pipeline(
         def one(i: int, record: bool) -> None:
             frame = wire[i % len(wire)]
             t0 = time.perf_counter()
-            rgb = codec.decode_frame(frame, config.max_frame_pixels)
+            rgb = stages.decode(frame, shaping)
             t1 = time.perf_counter()
-            resized = resize_rgb(rgb, network_shape(config, rgb.shape[0], rgb.shape[1]))
-            image = rgb if spec.resolution == pb.OUTPUT_RESOLUTION_FRAME else resized
+            response = stages.response_for(frame, settings)
+            prepared = stages.resize(rgb, settings, shaping, response)
             t2 = time.perf_counter()
-            batch = engine.run(options.head, [resized], (image.shape[0], image.shape[1]))
+            result = stages.infer(engine, [prepared])
             t3 = time.perf_counter()
-            response = pb.SegmentResponse(frame_id=frame.frame_id, model=name)
-            response.inference_width, response.inference_height = resized.shape[1], resized.shape[0]
-            postprocess(batch.labels[0], float(batch.confidence[0]), engine.num_classes, image, spec, response)
+            stages.finish(engine, result, 0, prepared, response)
             t4 = time.perf_counter()
             if record:
                 times.append((t4 - t0) * 1e3)

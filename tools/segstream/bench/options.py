@@ -10,11 +10,14 @@ from typing import Any, cast
 
 from segstream.bench.frames import HEIGHT, WIDTH
 from segstream.client import StreamOptions
-from segstream.server.config import DEVICES, Device, ModelSpec
+from segstream.server.config import DEVICES, Device, ModelSpec, ServerConfig
 from segstream.server.ranges import check_range
 from segstream.wire.argparsing import OneLineParser
 
 PROG = "segstream-bench"
+# The settings the bench hands on to the server it starts default to the server's own defaults (a
+# dataclass keeps each field's default as a class attribute).
+_SERVER = ServerConfig
 ARCHS = ("resnet50", "resnet101", "tiny")
 OUTPUT_NAMES = ("label_mask", "color_mask", "overlay", "confidence", "class_share")
 
@@ -29,6 +32,7 @@ def _default_cache_dir() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """segstream-bench's argument parser; the server's own settings default to ServerConfig's."""
     p = OneLineParser(
         prog=PROG,
         description="Benchmark segstream: N concurrent streams of M JPEG frames (640x480 unless "
@@ -57,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         metavar="N",
         type=int,
-        default=520,
-        help="short side frames are resized to before the network (default 520; 0: the frame's own size)",
+        default=_SERVER.size,
+        help=f"short side frames are resized to before the network (default {_SERVER.size}; 0: the frame's own size)",
     )
     model.add_argument("--head", choices=("out", "aux"), default="out", help="model head to run (default out)")
     model.add_argument(
@@ -71,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         metavar="N",
         type=int,
-        default=0,
-        help="ONNX Runtime intra-op threads, server and in-process alike (default 0: all cores)",
+        default=_SERVER.threads,
+        help=f"ONNX Runtime intra-op threads, server and in-process alike (default {_SERVER.threads}: all cores)",
     )
 
     load = p.add_argument_group("load")
@@ -144,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch",
         metavar="B",
         type=int,
-        default=1,
-        help="the started server's --max-batch (default 1)",
+        default=_SERVER.max_batch,
+        help=f"the started server's --max-batch (default {_SERVER.max_batch})",
     )
     server.add_argument(
         "--server-arg",

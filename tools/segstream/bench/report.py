@@ -36,10 +36,12 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def mean(values: Sequence[float]) -> float | None:
+    """The arithmetic mean, or None without values (the report shows null, not nan)."""
     return float(np.mean(values)) if values else None
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, or None when either is missing or the denominator is 0."""
     if numerator is None or not denominator:
         return None
     return numerator / denominator
@@ -78,26 +80,32 @@ class ServedResult:
 
     @property
     def sent(self) -> int:
+        """Frames sent, over all streams."""
         return sum(s.sent for s in self.streams)
 
     @property
     def answered(self) -> int:
+        """Responses received, over all streams, with or without an error."""
         return sum(s.answered for s in self.streams)
 
     @property
     def errors(self) -> int:
+        """Responses that carried an error, over all streams."""
         return sum(s.errors for s in self.streams)
 
     @property
     def dropped(self) -> int:
+        """Frames the server skipped to stay current (LATEST), over all streams."""
         return sum(s.dropped for s in self.streams)
 
     @property
     def unaccounted(self) -> int:
+        """Frames neither answered nor counted as dropped, over all streams (should be 0)."""
         return sum(s.unaccounted for s in self.streams)
 
     @property
     def latencies_ms(self) -> list[float]:
+        """Every stream's send-to-response latencies of frames answered without error."""
         return [v for s in self.streams for v in s.latencies_ms]
 
     @property
@@ -107,11 +115,13 @@ class ServedResult:
         return ok / self.wall_s if self.wall_s > 0 else 0.0
 
     def stage_means_ms(self) -> dict[str, float | None]:
+        """The server's mean time per stage over frames answered without error (None without any)."""
         ok = self.answered - self.errors
         return {stage: (sum(s.stage_sums_ms[stage] for s in self.streams) / ok if ok else None) for stage in STAGES}
 
     @property
     def first_error(self) -> str:
+        """The first error any stream saw, for the report; "" without errors."""
         return next((s.first_error for s in self.streams if s.first_error), "")
 
 
@@ -127,14 +137,17 @@ class LoopResult:
 
     @property
     def fps(self) -> float:
+        """Iterations per second of the whole loop."""
         return len(self.times_ms) / self.total_s if self.total_s > 0 else 0.0
 
     @property
     def mean_ms(self) -> float | None:
+        """The mean iteration time, or None without iterations."""
         return mean(self.times_ms)
 
     @property
     def p50_ms(self) -> float | None:
+        """The median iteration time, or None without iterations."""
         return percentile(self.times_ms, 50)
 
     def combine(self, other: LoopResult) -> LoopResult:

@@ -36,6 +36,7 @@ from segstream.wire.codec import U8Array
 
 
 def say(message: str) -> None:
+    """Prints a progress line on stderr, prefixed with the program's name."""
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 

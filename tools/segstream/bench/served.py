@@ -36,6 +36,7 @@ class BenchError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now, for the server under test to bind."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
@@ -74,6 +75,7 @@ class ServerCommand:
         return [sys.executable, "-m", "segstream.server.cli", *self.flags(port)]
 
     def flags(self, port: int) -> list[str]:
+        """The server's options alone, as its own parser reads them (see `argv`)."""
         return [
             "--model",
             f"{self.model_name}={self.model_path}",
@@ -109,12 +111,15 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
+        """The server's process id, for its CPU time and memory."""
         return self._proc.pid
 
     def exited(self) -> int | None:
+        """The server's exit status once it has exited, else None."""
         return self._proc.poll()
 
     def log_tail(self, lines: int = 8) -> str:
+        """The last lines of the server's output, to say why it failed."""
         self._log.seek(0)
         text = self._log.read().decode("utf-8", "replace").strip().splitlines()
         return "\n".join(text[-lines:])
@@ -138,6 +143,7 @@ class ServerProcess:
                 return await client.models(timeout=10.0)
 
     def memory(self) -> dict[str, float]:
+        """The server's peak and current resident memory, as `memory_mb` gives them."""
         return memory_mb(self.pid)
 
     def stop(self, timeout: float = 30.0) -> int:

@@ -181,6 +181,7 @@ def instance_masks(sample: Sample) -> list[tuple[int, BoolArray]]:
 
 
 def check_instances(instances: Sequence[tuple[int, BoolArray]], shape: tuple[int, int]) -> None:
+    """Refuse an instance of a non-foreground class, or one whose mask is not the image's size."""
     for voc, mask in instances:
         if not 1 <= voc < NUM_CLASSES:
             raise ValueError(f"instance class {voc} is not a VOC foreground class (1..{NUM_CLASSES - 1})")

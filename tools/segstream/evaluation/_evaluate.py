@@ -31,9 +31,11 @@ class TorchvisionResult:
     matrix: ConfusionMatrix
 
     def mean_iou(self) -> Fraction | None:
+        """Mean IoU over all classes, background included; None when one is in neither targets nor predictions."""
         return self.matrix.mean_iou()
 
     def pixel_accuracy(self) -> Fraction | None:
+        """The share of counted pixels predicted right; None without any."""
         return self.matrix.pixel_accuracy()
 
 
@@ -46,12 +48,15 @@ class ZooResult:
 
     @property
     def images(self) -> int:
+        """Images scored: those with at least one VOC-class instance."""
         return self.accumulator.images
 
     def mean_iou(self) -> Fraction | None:
+        """The per-image IoU averaged over the scored images; None without any."""
         return self.accumulator.mean_iou()
 
     def pixel_accuracy(self) -> Fraction | None:
+        """The per-image pixel accuracy averaged over the scored images; None without any."""
         return self.accumulator.pixel_accuracy()
 
 

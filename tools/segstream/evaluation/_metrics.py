@@ -90,6 +90,7 @@ class ConfusionMatrix:
         self.matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
 
     def update(self, target: U8Array, prediction: U8Array) -> None:
+        """Count one image's pixels: `target` and `prediction` are same-shape class-index maps."""
         n = self.num_classes
         _check_prediction(prediction, target.shape, n)
         valid = target < n
@@ -98,6 +99,7 @@ class ConfusionMatrix:
 
     @property
     def true_positives(self) -> list[int]:
+        """Pixels of each class predicted as that class (the diagonal): TP."""
         return [int(v) for v in np.diag(self.matrix)]
 
     @property
@@ -170,6 +172,7 @@ class ZooImageScore:
 
     @property
     def pixel_accuracy(self) -> Fraction:
+        """agreement / channel_pixels: the notebook's `pixelwise_accuracy`."""
         return Fraction(self.agreement, self.channel_pixels)
 
 
@@ -203,16 +206,20 @@ class ZooAccumulator:
     scores: list[ZooImageScore] = field(default_factory=list)
 
     def update(self, score: ZooImageScore) -> None:
+        """Add one image's score."""
         self.scores.append(score)
 
     @property
     def images(self) -> int:
+        """Images scored so far."""
         return len(self.scores)
 
     def mean_iou(self) -> Fraction | None:
+        """The images' IoU averaged, each image weighing the same; None without images."""
         return sum((s.iou for s in self.scores), Fraction(0)) / len(self.scores) if self.scores else None
 
     def pixel_accuracy(self) -> Fraction | None:
+        """The images' pixel accuracy averaged, each image weighing the same; None without images."""
         if not self.scores:
             return None
         return sum((s.pixel_accuracy for s in self.scores), Fraction(0)) / len(self.scores)

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
-
 from segstream.client import ModelInfo, SegmentationClient, SegmentResult, StreamOptions
-from segstream.wire.codec import U8Array
+from segstream.wire.codec import U8Array, decode_mask
 
 if TYPE_CHECKING:
     from segstream.server.ort_model import OrtModel
@@ -67,11 +65,13 @@ class ModelDescription:
 
 
 class EnginePredictor:
-    """Runs the ONNX model in this process through the server's own engine (no server, no network).
+    """Runs the ONNX model in this process through the server's own engine and stages (no server, no network).
 
-    Preprocessing is the server's: the short side resized to `size` (bilinear, 0 keeps the image's
-    own), the model card's normalisation and the argmax inside the serving graph; "frame" results
-    are the logits resized bilinearly to the image's size before the argmax, as the server does.
+    Each image goes through segstream.server.stages as a served frame does: resized with the short
+    side at `size` (bilinear, 0 keeps the image's own), the serving graph's normalisation and
+    argmax, and the label mask the server would send; "frame" results are the logits resized
+    bilinearly to the image's size before the argmax, as the server does. The server's limits on
+    what one frame may cost are not applied: the images are the evaluation's own.
 
     Example:
         >>> predictor = EnginePredictor.load(Path("fcn-resnet50-11.onnx"), size=520)  # doctest: +SKIP
@@ -108,9 +108,11 @@ class EnginePredictor:
 
     @property
     def size(self) -> int:
+        """The short side images are resized to (0: their own resolution)."""
         return self._size
 
     def describe(self) -> ModelDescription:
+        """What the report says about the model."""
         return ModelDescription(
             name=self._model.name,
             source="in-process engine",
@@ -121,20 +123,30 @@ class EnginePredictor:
         )
 
     def predict(self, rgb: U8Array, resolution: Resolution) -> U8Array:
+        """HxW uint8 labels: at the image's size for "frame", at the network's input size for "inference"."""
+        from segstream.server import stages
         from segstream.server.engine import EngineError
-        from segstream.server.preprocess import inference_shape, resize_rgb
+        from segstream.v1 import segmentation_pb2 as pb
 
-        height, width = rgb.shape[:2]
-        shape = inference_shape(height, width, self._size)
-        output = shape if resolution == "inference" else (height, width)
+        model = self._model
+        config = pb.StreamConfig(
+            head=pb.HEAD_AUX if self._head == "aux" else pb.HEAD_OUT,
+            outputs=[pb.OUTPUT_LABEL_MASK],
+            mask_encoding=pb.MASK_ENCODING_RAW,
+            resolution=pb.OUTPUT_RESOLUTION_INFERENCE if resolution == "inference" else pb.OUTPUT_RESOLUTION_FRAME,
+        )
+        settings = stages.resolve(config, {model.name: model}, model.name)
+        response = stages.response_for(pb.Frame(), settings)
+        prepared = stages.resize(rgb, settings, stages.Shaping(self._size, limits=None), response)
         try:
-            result = self._model.run(self._head, [resize_rgb(rgb, shape)], output)
+            result = stages.infer(model, [prepared])
         except EngineError as exc:
             raise PredictionError(str(exc)) from exc
-        # The engine reuses its output buffers on the next run.
-        return np.array(result.labels[0], np.uint8)
+        stages.finish(model, result, 0, prepared, response)
+        return decode_mask(response.label_mask)
 
     def close(self) -> None:
+        """Frees the model's sessions."""
         self._model.close()
 
 
@@ -175,9 +187,11 @@ class ServerPredictor:
 
     @property
     def model(self) -> ModelInfo:
+        """The served model, as the server lists it."""
         return self._model
 
     def describe(self) -> ModelDescription:
+        """What the report says about the served model."""
         return ModelDescription(
             name=self._model.name,
             source=f"server {self._client.target}",
@@ -198,15 +212,18 @@ class ServerPredictor:
         )
 
     def predict(self, rgb: U8Array, resolution: Resolution) -> U8Array:
+        """The server's label mask for one image, by a SegmentImage call."""
         return _labels(self._client.segment(rgb, self._options(resolution)), 0)
 
     def predict_many(self, images: Iterable[U8Array], resolution: Resolution) -> Iterator[U8Array]:
+        """The server's label masks for `images`, in order, over one stream."""
         for index, result in enumerate(self._client.stream(images, self._options(resolution))):
             if result.frame_id != index:
                 raise PredictionError(f"server answered frame {result.frame_id} where frame {index} was due")
             yield _labels(result, index)
 
     def close(self) -> None:
+        """Closes the client's channel."""
         self._client.close()
 
 

@@ -35,6 +35,7 @@ def _class_name(index: int) -> str:
 
 
 def format_text(report: Report) -> str:
+    """The human-readable report: the model, then the figures of each protocol that ran."""
     model = report.model
     lines = [f"model {model.name} (head {model.head}) via {model.source} on {model.provider}"]
     if model.synthetic:

@@ -64,6 +64,7 @@ def _seconds(text: str) -> float:
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The command-line parser; `environ` supplies the server token's default (SEGSTREAM_TOKEN)."""
     parser = OneLineParser(
         prog=PROG,
         description=(
@@ -128,6 +129,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def warn(message: str) -> None:
+    """Print a `segstream-eval: warning: ...` line on stderr, for figures that need a caveat."""
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
@@ -224,6 +226,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Evaluate for the command line `argv` (default: sys.argv[1:]); returns the exit status."""
     args = build_parser(os.environ).parse_args(argv)
     try:
         return _evaluate(args)

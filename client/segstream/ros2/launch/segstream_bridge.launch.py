@@ -29,6 +29,7 @@ def _text(value: object) -> str:
 
 
 def generate_launch_description() -> Any:
+    """The entry point `ros2 launch` calls: the launch arguments and the bridge node they configure."""
     arguments: list[Any] = [
         DeclareLaunchArgument("camera", default_value="", description="camera topic to remap the input to"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
