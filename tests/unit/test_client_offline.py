@@ -199,8 +199,8 @@ def test_client_settings_are_validated() -> None:
 
 
 _OPTIONS = {
-    "video": ["--out", "--mask-out", "--png-dir", "--wire", "--max-frames", "--no-progress", "IN"],
-    "webcam": ["--device", "--max-frames", "--no-display", "--wire"],
+    "video": ["--out", "--mask-out", "--png-dir", "--wire", "--max-frames", "--no-progress", "IN", "--mcap"],
+    "webcam": ["--device", "--max-frames", "--no-display", "--wire", "--out", "--foxglove", "--mcap", "--frame-id"],
     "image": ["--out", "--mask-out", "IN"],
     "models": [],
     "wait": [],
@@ -230,12 +230,14 @@ def test_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> No
     ("argv", "status", "message"),
     [
         ([], 2, "required: COMMAND"),
-        (["video"], 2, "required: IN, --out"),
+        (["video"], 2, "required: IN"),
+        (["video", __file__], 1, "nothing to write: give --out FILE, --mcap FILE or --foxglove"),
         (["video", "x.mp4", "--out", "y.mp4", "--max-frames", "0"], 2, "must be a positive integer"),
         (["--head", "left", "models"], 2, "invalid choice: 'left'"),
         (["wait", "--timeout", "soon"], 2, "argument --timeout: must be a number of seconds >= 0, got 'soon'"),
         (["video", "missing.mp4", "--out", "y.mp4"], 1, "input video missing.mp4 does not exist"),
         (["image", "missing.png", "--out", "y.png"], 1, "input image missing.png does not exist"),
+        (["video", __file__, "--out", "y.mp4"], 1, f"cannot open input video {__file__!r}: it is missing or not"),
         (["webcam", "--device", "/no/such/camera", "--no-display"], 1, "cannot open video source"),
         (["image", __file__, "--out", "y.png"], 1, "not an image OpenCV can decode"),
     ],

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import cv2
 
+from segstream.client._cli_record import Recording, check_record_paths, start_recording, with_record_outputs
 from segstream.client._cli_security import security_kwargs
 from segstream.client._cli_support import (
     PROG,
@@ -21,7 +22,9 @@ from segstream.client._cli_support import (
     rgb_to_bgr,
     summary,
 )
-from segstream.client._options import OutputName, StreamOptions
+from segstream.client._cli_view import annotator, start_view, webcam_outputs
+from segstream.client._live_view import LiveView
+from segstream.client._options import StreamOptions
 from segstream.client._sources import DEFAULT_REOPEN, CameraSource
 from segstream.client._sync_client import SegmentationClient
 
@@ -87,36 +90,49 @@ def display_problem() -> str | None:
 
 
 def run_webcam(args: argparse.Namespace) -> int:
+    """The `webcam` command: a live view (or live statistics) of a camera, stream or file, newest frame first."""
     # Opened first, so a missing camera is one error line, before any display notice.
     reopen = replace(DEFAULT_REOPEN, max_attempts=args.reopen_attempts)
     reader = CameraSource(args.device, max_frames=args.max_frames, loop=args.loop, reopen=reopen)
     show = False
-    if not args.no_display:
+    if not args.no_display and args.view is None:  # a browser view takes the window's place
         problem = display_problem()
         show = problem is None
         if problem is not None:
             print(f"{PROG}: no display available ({problem}); printing statistics only", file=sys.stderr)
-    outputs: tuple[OutputName, ...] = ("overlay",) if show else ("label_mask",)
+    check_record_paths(args)
+    outputs = with_record_outputs(webcam_outputs(show, args), args)
     options = StreamOptions(model=args.model, head=args.head, outputs=outputs, mask_encoding="png", policy="latest")
     client = SegmentationClient(args.server, wire_encoding=args.wire, timeout=args.timeout, **security_kwargs(args))
     latency, rate, live_rate = LatencyStats(), RateMeter(), RateMeter(window_s=_STATS_PERIOD_S * 2)
     recent = LatencyStats(window=_LATENCY_WINDOW)
     dropped = failed = 0
+    view: LiveView | None = None
+    record: Recording | None = None
     try:
-        choose_model(client, args.model)
+        model = choose_model(client, args.model)
+        marks = annotator(args, model)
+        view = start_view(args, model, source=str(args.device))
+        record = start_recording(args, model, source=str(args.device), fps=reader.get(cv2.CAP_PROP_FPS))
         printed = time.monotonic()
         # A server that drains or restarts is left for another one, or waited for, with backoff.
         reconnect = cli_reconnect(args.reconnect, args.reconnect_timeout)
-        for result in client.stream(reader, options, reconnect=reconnect):
+        frames = reader if view is None else view.remember(reader)
+        frames = frames if record is None else record.remember(frames)
+        for result in client.stream(frames, options, reconnect=reconnect):
             for stats in (latency, recent):
                 stats.add(result.latency_ms)
             rate.tick()
             live_rate.tick()
             dropped = result.dropped_frames
             failed += not result.ok
+            if view is not None:
+                view.publish(result)
+            if record is not None:
+                record.publish(result)
             if show and result.overlay is not None:
                 try:
-                    cv2.imshow(WINDOW, rgb_to_bgr(result.overlay))
+                    cv2.imshow(WINDOW, marks.annotate(rgb_to_bgr(result.overlay), result.labels))
                     key = cv2.waitKey(1) & 0xFF
                     closed = cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1
                 except cv2.error as exc:
@@ -137,10 +153,14 @@ def run_webcam(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a live view is meant to end: stop quietly and report
     finally:
+        if view is not None:
+            view.close()
         reader.close()
         client.close()
         if show:
             cv2.destroyAllWindows()
+        if record is not None:
+            record.close()  # finishes the MP4 and the MCAP file, so that what was recorded plays
     # Dropped: stale frames the server skipped, and frames lost when the stream reconnected.
     tail = [f"{reader.count} read", f"{dropped} dropped"]
     print(summary(rate.total, failed, rate.rate(), latency, tail), flush=True)

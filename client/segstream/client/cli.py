@@ -16,11 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 import cv2
 
 from segstream.client._channel import DEFAULT_TARGET
+from segstream.client._cli_record import add_foxglove_options, add_webcam_out_option
 from segstream.client._cli_security import add_security_options, security_kwargs
 from segstream.client._cli_support import PROG, CliError, choose_model
 from segstream.client._cli_video import run_image, run_video
+from segstream.client._cli_view import add_legend_option, add_view_option
 from segstream.client._cli_webcam import run_webcam
 from segstream.client._errors import SegstreamError, server_is_loading
+from segstream.client._legend import class_lines
 from segstream.client._sources import DEFAULT_REOPEN
 from segstream.client._sync_client import SegmentationClient
 from segstream.wire.argparsing import OneLineParser
@@ -64,7 +67,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
     video = _command(commands, "video", run_video, "segment every frame of a video file, in order")
     video.add_argument("input", metavar="IN", help="video file to read")
-    video.add_argument("--out", required=True, metavar="OUT", help="overlay video to write (.mp4 or .avi)")
+    video.add_argument(
+        "--out",
+        metavar="OUT",
+        help="overlay video to write: .mp4 is H.264, which browsers play (with the input's audio), .avi Motion"
+        " JPEG; may be left out when --mcap or --foxglove is given",
+    )
     video.add_argument("--mask-out", metavar="MASK_VIDEO", help="also write the colourised masks as a video")
     video.add_argument("--png-dir", metavar="DIR", help="also write class-index masks as 8-bit PNGs, one per frame")
     video.add_argument(
@@ -75,6 +83,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     video.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
     video.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    add_legend_option(video, "the overlay and colour mask videos")
+    add_view_option(video, "as the video is written")
+    add_foxglove_options(video)
     _add_reconnect(video, "and send the unanswered frames again, so that no frame is lost")
 
     webcam = _command(commands, "webcam", run_webcam, "live view of a camera, stream URL or file; newest frame wins")
@@ -97,6 +108,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         f" apart, before giving up (default {DEFAULT_REOPEN.max_attempts})",
     )
     webcam.add_argument("--no-display", action="store_true", help="print statistics only, open no window")
+    add_legend_option(webcam, "the window")
+    add_view_option(webcam, "instead of a window; statistics still print")
+    add_webcam_out_option(webcam)
+    add_foxglove_options(webcam)
     webcam.add_argument(
         "--wire",
         choices=("raw", "jpeg"),
@@ -108,6 +123,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     image.add_argument("input", metavar="IN", help="image file to read")
     image.add_argument("--out", required=True, metavar="OUT", help="overlay image to write (.png or .jpg)")
     image.add_argument("--mask-out", metavar="PATH", help="also write the class-index mask as an 8-bit PNG")
+    add_legend_option(image, "the overlay image")
 
     _command(commands, "models", _run_models, "list the models the server serves")
 
@@ -201,7 +217,7 @@ def _run_models(args: argparse.Namespace) -> int:
         shapes = ", ".join(f"{w}x{h}" for w, h in m.inference_shapes)
         size = f"inference shapes {shapes}" if shapes else f"inference size {m.inference_size}"
         print(f"  {provider}, {size}, heads {','.join(m.heads) or '-'}")
-        print(f"  {len(m.class_names)} classes: {', '.join(m.class_names)}")
+        print("\n".join(class_lines(m, sys.stdout)))
     if not models:
         print(f"server {args.server} serves no models")
     return 0
