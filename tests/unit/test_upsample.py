@@ -176,3 +176,17 @@ def test_sample_photos_get_the_labels_of_the_resizing_graph(
         assert labels.shape == (2, *output)
         assert (labels == expected.labels).mean() >= MIN_EQUAL
         np.testing.assert_array_equal(confidence, expected.confidence)
+
+
+def test_noisy_labels_take_the_dense_resize_and_agree_with_the_refined_strips(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Random logits: nearly every neighbour differs, so the dense path runs; with it turned off the strips
+    # refine every pixel. Both must give the same labels (up to float near-ties).
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((21, 64, 85)).astype(np.float32)
+    labels = logits.argmax(0).astype(np.uint8)
+    assert upsample._noisy(labels)
+    assert not upsample._noisy(np.zeros((64, 85), np.uint8))
+    dense = upsample.upsample_labels(labels, logits, np.empty((480, 640), np.uint8))
+    monkeypatch.setattr(upsample, "DENSE_BYTES", 0)
+    refined = upsample.upsample_labels(labels, logits, np.empty((480, 640), np.uint8))
+    assert (dense == refined).mean() >= MIN_EQUAL
