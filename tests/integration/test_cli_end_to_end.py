@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-
 from tests.conftest import SAMPLES
+from tests.videos import count_frames
 
 BIN = Path(sys.executable).parent
 
@@ -19,14 +18,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _frames(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    return count
 
 
 def test_video_command_writes_one_frame_per_input_frame(tiny_model: Path, tmp_path: Path) -> None:
@@ -72,7 +63,7 @@ def test_video_command_writes_one_frame_per_input_frame(tiny_model: Path, tmp_pa
         )
         assert done.returncode == 0, done.stderr
         assert "48 frames, 0 failed" in done.stdout + done.stderr
-        assert _frames(out) == _frames(clip) == 48
+        assert count_frames(out) == count_frames(clip) == 48
         assert len(list(masks.glob("*.png"))) == 48
     finally:
         server.send_signal(signal.SIGTERM)

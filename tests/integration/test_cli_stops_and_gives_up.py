@@ -19,6 +19,7 @@ from segstream.client._reconnect import Backoff
 from tests.conftest import SAMPLES
 from tests.integration.background_server import HeldModel, background_server, tiny_config
 from tests.integration.server_process import free_port
+from tests.videos import count_frames
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,15 +27,6 @@ CLIENT = str(Path(sys.executable).parent / "segstream-client")
 CLIP = SAMPLES / "coco-pan.mp4"  # 48 frames
 # Seconds per frame of the served model: the 48-frame clip then takes about 5 s, time enough to stop it.
 SLOW_S = 0.1
-
-
-def _frames_in(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    return count
 
 
 def _wait_for_runs(model: HeldModel, runs: int, process: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -69,7 +61,7 @@ def test_video_stopped_by_a_signal_finishes_its_videos(tiny_model: Path, tmp_pat
     assert str(out) in found.group(1) and str(masks) in found.group(1)
     # The videos were finished (an MP4 cut off mid-write has no index and yields no frame at all).
     assert 5 <= held < 48
-    assert _frames_in(out) == held and _frames_in(masks) == held
+    assert count_frames(out) == held and count_frames(masks) == held
 
 
 def test_video_gives_up_reconnecting_after_the_timeout(tiny_model: Path, tmp_path: Path) -> None:
@@ -95,7 +87,7 @@ def test_video_gives_up_reconnecting_after_the_timeout(tiny_model: Path, tmp_pat
     assert last.startswith(f"segstream-client: error: gave up reconnecting to {server.target} after "), err
     assert "limit is 1 s" in last and "Traceback" not in err
     assert took < 10, took
-    assert _frames_in(out) >= 3  # what was answered before the server left is in a finished video
+    assert count_frames(out) >= 3  # what was answered before the server left is in a finished video
 
 
 def test_library_stream_gives_up_after_its_timeout(sample_bgr: np.ndarray) -> None:

@@ -37,6 +37,7 @@ from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc
 from segstream.wire.codec import U8Array, as_u8, decode_frame, encode_image, encode_mask
 from segstream.wire.palette import VOC_CLASSES, blend, class_share, colorize, voc_palette
+from tests.videos import count_frames
 
 FAILING_FRAME = 3
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -347,15 +348,6 @@ def video(tmp_path: Path) -> Path:
     return path
 
 
-def _count_frames(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    return count
-
-
 def _read(path: Path) -> U8Array:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert image is not None, path
@@ -378,7 +370,7 @@ def test_cli_video_writes_every_frame_and_reports_the_failed_one(
     captured = capsys.readouterr()
     assert "12 frames, 1 failed" in captured.out and str(out) in captured.out
     assert "frame 3: INVALID_ARGUMENT" in _one_error_line(captured.err)
-    assert _count_frames(out) == 12 and _count_frames(masks) == 12
+    assert count_frames(out) == 12 and count_frames(masks) == 12
     assert sorted(p.name for p in pngs.iterdir()) == [f"{i:06d}.png" for i in range(12) if i != FAILING_FRAME]
     mask = _read(pngs / "000007.png")
     assert mask.shape == (48, 64) and mask.dtype == np.uint8 and abs(int(np.median(mask)) - 7) <= 1
@@ -393,7 +385,7 @@ def test_cli_video_reconnects_and_loses_no_frame(
     assert "12 frames, 0 failed" in capsys.readouterr().out
     # 12 frames over three streams of at most five answers each, every one written once.
     assert sorted(p.name for p in pngs.iterdir()) == [f"{i:06d}.png" for i in range(12)]
-    assert _count_frames(out) == 12
+    assert count_frames(out) == 12
     assert main([*argv, "--no-reconnect", "--no-progress"]) == 1
     assert "UNAVAILABLE" in _one_error_line(capsys.readouterr().err)
 
@@ -407,7 +399,7 @@ def test_cli_video_warns_about_a_synthetic_model(
     captured = capsys.readouterr()
     assert "SYNTHETIC" in captured.err and "MEANINGLESS" in captured.err
     assert "5 frames, 0 failed" in captured.out
-    assert _count_frames(out) == 5
+    assert count_frames(out) == 5
 
 
 def test_cli_image_writes_overlay_and_mask(
