@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +31,9 @@ class ServerProcess:
     process: subprocess.Popen[str]
     port: int
     metrics_port: int
+    # The server's stdout and stderr go to a file, not a pipe: a pipe nobody reads while the test runs
+    # fills up (64 KiB of log lines) and then blocks the server's logging, and with it the server.
+    log: Path
 
     @property
     def target(self) -> str:
@@ -51,10 +55,18 @@ class ServerProcess:
                     total += float(value)
         return total
 
+    def output(self) -> str:
+        """Everything the server has printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float = 30) -> str:
+        """Waits for the server to exit; returns everything it printed."""
+        self.process.wait(timeout=timeout)
+        return self.output()
+
     def terminate(self, timeout: float = 30) -> str:
         self.process.send_signal(signal.SIGTERM)
-        output, _ = self.process.communicate(timeout=timeout)
-        return output
+        return self.wait(timeout)
 
 
 @contextmanager
@@ -62,15 +74,18 @@ def server_process(model: Path, *args: str, ready_timeout: float = 60) -> Iterat
     port, metrics_port = free_port(), free_port()
     command = [str(BIN / "segstream-server"), "--model", f"tiny={model}", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--metrics-port", str(metrics_port), "--threads", "1", *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server = ServerProcess(process, port, metrics_port)
-    try:
-        _wait_serving(server, ready_timeout)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=30)
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "server.log"
+        with log.open("w") as sink:
+            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        server = ServerProcess(process, port, metrics_port, log)
+        try:
+            _wait_serving(server, ready_timeout)
+            yield server
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
 
 
 def _wait_serving(server: ServerProcess, timeout: float) -> None:
@@ -79,7 +94,7 @@ def _wait_serving(server: ServerProcess, timeout: float) -> None:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
-                raise RuntimeError(f"server exited: {server.process.communicate()[0]}")
+                raise RuntimeError(f"server exited: {server.wait()}")
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:

@@ -70,7 +70,7 @@ def _reconnect_records(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def _check_drained(server: ServerProcess, others: list[ServerProcess]) -> None:
-    output = server.process.communicate(timeout=30)[0]
+    output = server.wait(timeout=30)
     assert server.process.returncode == 0, output
     assert "Traceback" not in output
     # The stream went on elsewhere: another server received frames.
@@ -141,7 +141,7 @@ def test_without_reconnect_the_drain_is_raised(tiny_model: Path, small: npt.NDAr
                 answered += 1
                 if answered == 10:
                     server.process.send_signal(signal.SIGTERM)
-        server.process.communicate(timeout=30)
+        server.wait(timeout=30)
     assert server.process.returncode == 0
     assert "shutting down" in str(caught.value) and "Reconnect" in str(caught.value)
     assert 10 <= answered < FRAMES

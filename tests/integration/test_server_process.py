@@ -57,8 +57,7 @@ def test_sigterm_drains_in_flight_frames_and_exits_zero(tiny_model: Path, small:
                         server.process.send_signal(signal.SIGTERM)
             except grpc.RpcError as exc:
                 error = exc
-            server.process.wait(timeout=30)
-            output = server.process.communicate()[0]
+            output = server.wait(timeout=30)
     assert server.process.returncode == 0, output
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE, error
     assert "shutting down" in (error.details() or "")
