@@ -68,7 +68,7 @@ async def test_rate_paces_the_sends(tiny_model: Path) -> None:
 
 def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--model", str(tiny_model), "--size", "32", "--threads", "1", "--streams", "2", "--frames", "3"]
-    code = main([*argv, "--iterations", "3", "--warmup", "1", "--json"])
+    code = main([*argv, "--iterations", "3", "--warmup", "1", "--resolution", "inference", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -77,6 +77,7 @@ def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.C
     assert report.keys() >= REQUIRED_KEYS
     assert (report["streams"], report["frames"], report["policy"], report["size"]) == (2, 3, "ordered", 32)
     assert report["model"] == "tiny" and report["provider"] == "CPUExecutionProvider"
+    assert report["resolution"] == "inference" and report["errors"] == 0
     assert report["sent"] == report["answered"] == 6 and report["dropped"] == 0
     assert report["ratio_raw"] == pytest.approx(report["served_fps"] / report["raw_fps"], rel=1e-3)
     assert report["ratio_pipeline"] == pytest.approx(report["served_fps"] / report["pipeline_fps"], rel=1e-3)
@@ -84,6 +85,7 @@ def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.C
     assert report["pipeline_drift"] is not None
     assert report["server_peak_rss_mb"] > 0 and report["bench_peak_rss_mb"] > 0
     assert "served/pipeline" in err
+    assert err.index("reference served/raw") < err.index("served/pipeline")
 
 
 def test_transport_floor_script_times_a_bare_round_trip() -> None:

@@ -14,11 +14,14 @@ import pytest
 from segstream.bench.cli import build_parser, main
 from segstream.bench.cpu import CpuUse
 from segstream.bench.frames import HEIGHT, WIDTH, encoded_frames, load_photos
+from segstream.bench.options import config_from_args
 from segstream.bench.report import LoopResult, ServedResult, StreamStats, build_report, render, to_json
+from segstream.v1 import segmentation_pb2 as pb
 from segstream.wire.codec import decode_encoded
 from tests.cli_help import assert_every_option_documented
 
 REQUIRED_KEYS = {
+    "gap_raw_ms",
     "served_fps",
     "raw_fps",
     "pipeline_fps",
@@ -96,6 +99,13 @@ def test_server_flags_are_checked_by_the_servers_parser_before_anything_starts(
     assert err.count("\n") == 1 and message in err, err
 
 
+def test_resolution_goes_into_the_stream_options() -> None:
+    assert config_from_args(build_parser().parse_args([])).options.resolution == "frame"
+    config = config_from_args(build_parser().parse_args(["--resolution", "inference"]))
+    assert config.options.resolution == "inference"
+    assert config.options.to_proto().resolution == pb.OUTPUT_RESOLUTION_INFERENCE
+
+
 def test_frames_are_640x480_jpegs_of_the_samples() -> None:
     frames = encoded_frames(load_photos())
     assert len(frames) == 6 and len(set(frames)) == 6
@@ -151,9 +161,13 @@ def test_report_ratios_percentiles_and_targets() -> None:
     assert report["pipeline_ms"] == 25.0
     assert report["overhead_ms"] is None and report["overhead_excl_model_ms"] is None  # one stream only
     assert report["server_stage_ms"]["total"] == pytest.approx(10.0)
-    assert report["targets"] == {"ratio_pipeline": {"value": 0.8, "op": ">=", "limit": 0.97, "met": False}}
+    # The targets judge the product against the network alone, never against its own pipeline.
+    assert report["targets"] == {"ratio_raw": {"value": 0.08, "op": ">=", "limit": 0.92, "met": False}}
+    assert next(iter(report)) == "ratio_raw"  # the reference comes first in the JSON
     assert json.loads(to_json(report)) == report
-    assert "served/pipeline 0.800" in render(report)
+    text = render(report)
+    assert text.splitlines()[0].startswith("reference served/raw 0.080")
+    assert "served/pipeline 0.800" in text
 
 
 def test_report_overhead_for_one_stream_and_latest_target() -> None:
@@ -163,7 +177,11 @@ def test_report_overhead_for_one_stream_and_latest_target() -> None:
     raw = LoopResult([20.0], 0.02, "CPUExecutionProvider")
     one = build_report(_settings(1), served, raw, pipeline, None)
     assert one["overhead_ms"] == pytest.approx(1.0)  # p50 26.5 - pipeline p50 25.5
-    assert one["targets"]["overhead_ms"]["met"]
+    assert one["gap_raw_ms"] == pytest.approx(6.5)  # p50 26.5 - network p50 20.0
+    assert one["targets"]["gap_raw_ms"] == {"value": 6.5, "op": "<=", "limit": 3.0, "met": False}
+    # One stream waits for each answer: its own throughput limit against the network alone.
+    assert one["targets"]["ratio_raw"]["limit"] == 0.85
+    assert "overhead_ms" not in one["targets"] and "ratio_pipeline" not in one["targets"]
     # Without either side's model time: (26.5 - 10 server inference) - (25.5 - 23.5 loop inference).
     assert one["overhead_excl_model_ms"] == pytest.approx(14.5)
     assert sum(one["overhead_parts_ms"].values()) == pytest.approx(14.5)
@@ -177,8 +195,9 @@ def test_report_overhead_for_one_stream_and_latest_target() -> None:
     )
     assert latest["dropped"] == 7 and latest["unaccounted"] == 0
     assert latest["latency_x_pipeline"] == pytest.approx(40.0 / 25.5, abs=1e-4)
-    assert not latest["targets"]["latency_x_pipeline"]["met"]
-    assert "ratio_pipeline" not in latest["targets"]
+    assert latest["latency_x_raw"] == pytest.approx(40.0 / 20.0, abs=1e-4)
+    # Paced LATEST streams do not saturate the server: no throughput or latency target applies.
+    assert latest["targets"] == {}
 
 
 def test_loops_before_and_after_the_served_phase_pool_into_one() -> None:

@@ -87,11 +87,24 @@ SHAPES = [
 ]
 
 
+# REFINE_SHARE 0 resizes every channel wherever it may (upscaling); 2 always refines boundary pixels.
+PATHS = {"each_channel": 0.0, "refine": 2.0}
+
+
 @pytest.mark.parametrize(("height", "width", "out_height", "out_width"), SHAPES)
 @pytest.mark.parametrize("kind", ["random", "smooth"])
+@pytest.mark.parametrize("path", sorted(PATHS))
 def test_labels_match_onnx_runtime_resize_and_argmax(
-    resize_argmax: ort.InferenceSession, height: int, width: int, out_height: int, out_width: int, kind: str
+    resize_argmax: ort.InferenceSession,
+    monkeypatch: pytest.MonkeyPatch,
+    height: int,
+    width: int,
+    out_height: int,
+    out_width: int,
+    kind: str,
+    path: str,
 ) -> None:
+    monkeypatch.setattr(upsample, "REFINE_SHARE", PATHS[path])
     rng = np.random.default_rng(height * 1000 + width)
     if kind == "random":
         logits = (rng.standard_normal((21, height, width)) * 4).astype(np.float32)
@@ -111,6 +124,7 @@ def test_strips_and_chunks_of_any_size_give_the_same_labels(
     logits = _smooth_logits(rng, 21, 37, 53)
     logits[:, 10:20] = (rng.standard_normal((21, 10, 53)) * 3).astype(np.float32)  # a noisy band: many chunks
     expected = _reference(resize_argmax, logits, (211, 97))
+    monkeypatch.setattr(upsample, "REFINE_SHARE", PATHS["refine"])
     for strip, source, chunk in [(97, 53 * 3, 7), (1, 1, 1), (1000, 100, 64)]:
         # One output row per strip, a strip reading a single source row, chunks of one pixel...
         monkeypatch.setattr(upsample, "STRIP_PIXELS", strip)
@@ -119,7 +133,11 @@ def test_strips_and_chunks_of_any_size_give_the_same_labels(
         np.testing.assert_array_equal(_host(logits, (211, 97)), expected)
 
 
-def test_exact_ties_go_to_the_first_class_like_argmax(resize_argmax: ort.InferenceSession) -> None:
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_exact_ties_go_to_the_first_class_like_argmax(
+    resize_argmax: ort.InferenceSession, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setattr(upsample, "REFINE_SHARE", PATHS[path])
     logits = np.zeros((4, 3, 5), np.float32)
     logits[2, 1, 2] = 1.0
     logits[3, 1, 2] = 1.0  # a tie at the source pixel itself
@@ -178,15 +196,30 @@ def test_sample_photos_get_the_labels_of_the_resizing_graph(
         np.testing.assert_array_equal(confidence, expected.confidence)
 
 
-def test_noisy_labels_take_the_dense_resize_and_agree_with_the_refined_strips(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Random logits: nearly every neighbour differs, so the dense path runs; with it turned off the strips
-    # refine every pixel. Both must give the same labels (up to float near-ties).
+def test_the_path_follows_the_share_of_cells_to_refine(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(7)
-    logits = rng.standard_normal((21, 64, 85)).astype(np.float32)
-    labels = logits.argmax(0).astype(np.uint8)
-    assert upsample._noisy(labels)
-    assert not upsample._noisy(np.zeros((64, 85), np.uint8))
-    dense = upsample.upsample_labels(labels, logits, np.empty((480, 640), np.uint8))
-    monkeypatch.setattr(upsample, "DENSE_BYTES", 0)
-    refined = upsample.upsample_labels(labels, logits, np.empty((480, 640), np.uint8))
-    assert (dense == refined).mean() >= MIN_EQUAL
+    noisy = rng.standard_normal((21, 64, 85)).astype(np.float32)
+    assert upsample._boundary_share(noisy.argmax(0).astype(np.uint8)) > 0.9
+    assert upsample._boundary_share(np.zeros((64, 85), np.uint8)) == 0.0
+    calls: list[str] = []
+    each_channel = upsample._resize_each_channel
+
+    def spy(logits: F32Array, out: U8Array) -> U8Array:
+        calls.append("each_channel")
+        return each_channel(logits, out)
+
+    monkeypatch.setattr(upsample, "_resize_each_channel", spy)
+    smooth = np.zeros((21, 64, 85), np.float32)
+    smooth[3, :, 40:] = 1.0  # two regions: one boundary column of cells
+    for logits, out, expected in [
+        (noisy, (480, 640), ["each_channel"]),
+        (smooth, (480, 640), []),  # 1% of cells to refine
+        (noisy, (32, 640), []),  # downscaling in height: only the refined strips match ONNX Resize there
+    ]:
+        calls.clear()
+        _host(logits, out)
+        assert calls == expected
+    monkeypatch.setattr(upsample, "DENSE_PIXELS", 640 * 480 - 1)
+    calls.clear()
+    _host(noisy, (480, 640))  # past the pixels whose two float planes it may keep
+    assert calls == []

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark segstream: N concurrent streams of M JPEG frames (640x480 unless "
         "--frame-size) through a real segstream-server, then, on the same model, size, provider and threads, "
         "raw ONNX Runtime alone and the whole per-frame pipeline (decode, resize, run, postprocess) in one "
-        "loop. Prints fps, latency percentiles, drops and the ratios served/raw and served/pipeline.",
+        "loop. Prints first served/raw, the product against the network alone (the reference), then fps, latency "
+        "percentiles, drops, and served/pipeline as a diagnostic.",
     )
     model = p.add_argument_group("model")
     model.add_argument("--model", type=Path, metavar="PATH", help="ONNX model file (default: a synthetic --arch)")
@@ -108,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         default="label_mask",
         help=f"comma-separated outputs each frame asks for, of {', '.join(OUTPUT_NAMES)} (default label_mask)",
+    )
+    load.add_argument(
+        "--resolution",
+        choices=("frame", "inference"),
+        default="frame",
+        help="resolution of the returned images: the frame's own (the label map upsampled to it) or the "
+        "network's (default frame)",
     )
     load.add_argument(
         "--warmup",
@@ -217,7 +225,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     if not names or any(n not in OUTPUT_NAMES for n in names):
         raise UsageError(f"--outputs {args.outputs!r}: a comma-separated list of {', '.join(OUTPUT_NAMES)}")
     # StreamOptions checks the names again; its Literal types cannot see that they were checked here.
-    options = StreamOptions(outputs=cast(Any, names), head=args.head, policy=args.policy)
+    options = StreamOptions(outputs=cast(Any, names), head=args.head, policy=args.policy, resolution=args.resolution)
     model = None
     if args.model is not None:
         if not args.model.is_file():

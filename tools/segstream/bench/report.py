@@ -1,9 +1,12 @@
 """Measurements of one benchmark run, the figures derived from them, and how they are printed.
 
 `build_report` turns the three measurements into one flat dict (the `--json` object); `render`
-writes the same figures as a table for people. Ratios: served/raw and served/pipeline frames per
-second; the serving overhead per frame is the served p50 latency minus the pipeline p50, given
-only for one stream (with more streams a frame also waits for the other streams' frames).
+writes the same figures as a table for people. The reference is the network alone on raw ONNX
+Runtime, same model, same run: `ratio_raw` (served / raw frames per second) and, for one stream,
+`gap_raw_ms` (served p50 latency minus the network's p50) are what the targets judge. The pipeline
+loop runs the server's own stages in one thread; `ratio_pipeline` and `overhead_ms` (served p50
+minus pipeline p50) only say where serving costs go, never whether the product is fast, since
+they compare the product with itself.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import numpy as np
 
 from segstream.bench.cpu import CpuUse
 
-# The issue's CPU targets, checked where a run's configuration is the one they are stated for.
-TARGET_RATIO_PIPELINE = 0.97
-TARGET_OVERHEAD_MS = 1.0
-TARGET_LATEST_LATENCY_X = 1.5
+# The CPU targets, against the network alone, checked where a run's configuration is the one they are
+# stated for: ORDERED streams sending as fast as answered, and one stream's latency.
+TARGET_RATIO_RAW_STREAMS = 0.92  # several streams
+TARGET_RATIO_RAW_ONE = 0.85  # one stream, which waits for each answer before sending the next frame
+TARGET_GAP_RAW_MS = 3.0
 # Cores other processes may use during a phase before the report calls the figures disturbed.
 DISTURBED_CORES = 0.1
 
@@ -186,11 +190,15 @@ def build_report(
     pipeline_p50 = pipeline.p50_ms
     streams = int(settings["streams"])
     overhead = p50 - pipeline_p50 if streams == 1 and p50 is not None and pipeline_p50 is not None else None
+    raw_p50 = raw.p50_ms
+    gap = p50 - raw_p50 if streams == 1 and p50 is not None and raw_p50 is not None else None
     report: dict[str, Any] = {
+        # The reference first: the product against the network alone.
+        "ratio_raw": _round(ratio(served.fps, raw.fps), 6),
+        "gap_raw_ms": _round(gap),
         "served_fps": _round(served.fps),
         "raw_fps": _round(raw.fps),
         "pipeline_fps": _round(pipeline.fps),
-        "ratio_raw": _round(ratio(served.fps, raw.fps), 6),
         "ratio_pipeline": _round(ratio(served.fps, pipeline.fps), 6),
         "p50_ms": _round(p50),
         "p95_ms": _round(percentile(latencies, 95)),
@@ -200,8 +208,9 @@ def build_report(
         "pipeline_ms": _round(pipeline_ms),
         "pipeline_p50_ms": _round(pipeline_p50),
         "raw_ms": _round(raw.mean_ms),
-        "raw_p50_ms": _round(raw.p50_ms),
+        "raw_p50_ms": _round(raw_p50),
         "overhead_ms": _round(overhead),
+        "latency_x_raw": _round(ratio(p50, raw.mean_ms), 4),
         "latency_x_pipeline": _round(ratio(p50, pipeline_ms), 4),
         "sent": served.sent,
         "answered": served.answered,
@@ -262,18 +271,19 @@ def _overhead_breakdown(
 
 
 def targets(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The issue's targets that apply to this run's configuration, each with its value and verdict."""
+    """The targets that apply to this run's configuration, each with its value and verdict.
+
+    All of them compare the product with the network alone (raw ONNX Runtime, same model, same run).
+    """
     checks: dict[str, dict[str, Any]] = {}
     saturating = report["policy"] == "ordered" and not report["rate"]
-    if saturating and report["streams"] > 1 and report["ratio_pipeline"] is not None:
-        value = report["ratio_pipeline"]
-        checks["ratio_pipeline"] = _check(value, ">=", TARGET_RATIO_PIPELINE, value >= TARGET_RATIO_PIPELINE)
-    if report["overhead_ms"] is not None:
-        value = report["overhead_ms"]
-        checks["overhead_ms"] = _check(value, "<=", TARGET_OVERHEAD_MS, value <= TARGET_OVERHEAD_MS)
-    if report["policy"] == "latest" and report["rate"] and report["latency_x_pipeline"] is not None:
-        value = report["latency_x_pipeline"]
-        checks["latency_x_pipeline"] = _check(value, "<=", TARGET_LATEST_LATENCY_X, value <= TARGET_LATEST_LATENCY_X)
+    if saturating and report["ratio_raw"] is not None:
+        value = report["ratio_raw"]
+        limit = TARGET_RATIO_RAW_STREAMS if report["streams"] > 1 else TARGET_RATIO_RAW_ONE
+        checks["ratio_raw"] = _check(value, ">=", limit, value >= limit)
+    if saturating and report["gap_raw_ms"] is not None:
+        value = report["gap_raw_ms"]
+        checks["gap_raw_ms"] = _check(value, "<=", TARGET_GAP_RAW_MS, value <= TARGET_GAP_RAW_MS)
     return checks
 
 
@@ -302,23 +312,29 @@ def render(report: Mapping[str, Any]) -> str:
     synthetic = " (synthetic weights)" if r["synthetic"] else ""
     height, width = r["inference_shape"]
     frame_size = " of {}x{} JPEG".format(*r["frame_size"]) if r.get("frame_size") else ""
+    gap = f", served p50 - network p50 {r['gap_raw_ms']:.2f} ms" if r["gap_raw_ms"] is not None else ""
     lines = [
+        f"reference served/raw {_num(r['ratio_raw'], 3)}: {_num(r['served_fps'])} fps served against "
+        f"{_num(r['raw_fps'])} fps of the network alone (raw ONNX Runtime, same model, same run){gap}",
         f"model     {r['model']}{synthetic} on {r['provider']}, size {r['size']} (network input {width}x{height}), "
-        f"threads {r['threads'] or 'all'}, max-batch {r['max_batch']}, outputs {','.join(r['outputs'])}",
+        f"threads {r['threads'] or 'all'}, max-batch {r['max_batch']}, outputs {','.join(r['outputs'])} "
+        f"at {r.get('resolution', 'frame')} resolution",
         f"served    {r['streams']} stream(s) x {r['frames']} frames{frame_size}, {r['policy']}{window}{rate}: "
         f"{r['sent']} sent, {r['answered']} answered, {r['dropped']} dropped, {r['errors']} errors "
         f"in {_num(r['wall_s'])} s",
         f"          {_num(r['served_fps'])} fps   latency ms p50 {_ms(r['p50_ms'])}  p95 {_ms(r['p95_ms'])}  "
         f"p99 {_ms(r['p99_ms'])}  mean {_ms(r['mean_ms'])}",
         "          server stages, mean ms: " + "  ".join(f"{k} {_ms(v)}" for k, v in r["server_stage_ms"].items()),
-        f"raw ORT   {_num(r['raw_fps'])} fps   {_ms(r['raw_ms'])} ms/frame mean, p50 {_ms(r['raw_p50_ms'])}"
+        f"raw ORT   (the reference: the network alone) "
+        f"{_num(r['raw_fps'])} fps   {_ms(r['raw_ms'])} ms/frame mean, p50 {_ms(r['raw_p50_ms'])}"
         f"   ({r['raw_iterations']} runs of float32 [1,3,{height},{width}])",
-        f"pipeline  {_num(r['pipeline_fps'])} fps   {_ms(r['pipeline_ms'])} ms/frame mean, "
+        f"pipeline  (diagnostic: the server's stages in one loop) "
+        f"{_num(r['pipeline_fps'])} fps   {_ms(r['pipeline_ms'])} ms/frame mean, "
         f"p50 {_ms(r['pipeline_p50_ms'])}   ("
         + ", ".join(f"{k} {_ms(v)}" for k, v in r["pipeline_stage_ms"].items())
         + ")",
-        f"ratios    served/raw {_num(r['ratio_raw'], 3)}   served/pipeline {_num(r['ratio_pipeline'], 3)}   "
-        f"served p50 / pipeline mean {_num(r['latency_x_pipeline'], 2)}",
+        f"diagnosis served/pipeline {_num(r['ratio_pipeline'], 3)}   served p50 / pipeline mean "
+        f"{_num(r['latency_x_pipeline'], 2)}   served p50 / network mean {_num(r['latency_x_raw'], 2)}",
     ]
     if r.get("pipeline_drift") is not None:
         lines.append(

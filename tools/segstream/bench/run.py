@@ -192,6 +192,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "inference_shape": list(network_shape(settings_of_server, height, width)),
         "head": config.options.head,
         "outputs": list(config.options.outputs),
+        "resolution": config.options.resolution,
         "device": config.device,
         "threads": config.threads,
         "max_batch": config.max_batch,
