@@ -3,8 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# OpenCV's GUI build needs libGL and glib; without them use the headless build (same API, no windows).
+# OpenCV's headless build comes with segstream itself. Where libGL and glib exist the `gui` extra adds the
+# desktop build (the live webcam window); without them only the headless build is installed (same API, no windows).
 OPENCV_EXTRA ?= $(shell ldconfig -p 2>/dev/null | grep -q 'libGL.so.1' && ldconfig -p 2>/dev/null | grep -q 'libgthread-2.0.so.0' && echo gui || echo headless)
+COMMA := ,
+EXTRAS := server$(if $(filter gui,$(OPENCV_EXTRA)),$(COMMA)gui),dev
 STAMP := $(VENV)/.installed-$(OPENCV_EXTRA)
 PROTO_DIR := protos
 PROTO_OUT := $(PROTO_DIR)/segstream/v1
@@ -25,7 +28,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[$(OPENCV_EXTRA),dev]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+# Both OpenCV builds write the same cv2/ files: the desktop build is reinstalled last so that its files are there.
+	if [ '$(OPENCV_EXTRA)' = gui ]; then $(BIN)/python -m pip install --quiet --force-reinstall --no-deps \
+		"opencv-python==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opencv-python"))')"; fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from segstream.models.classes import voc_classes
 from segstream.server.engine import BatchResult, U8Array
 
 
@@ -17,6 +18,7 @@ class GatedModel:
     provider = "CPUExecutionProvider"
     heads = ("out",)
     num_classes = 21
+    classes = voc_classes()
     synthetic = True
 
     def __init__(self) -> None:

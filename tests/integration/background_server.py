@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from segstream.models.classes import ClassList
 from segstream.server.app import SegstreamServer
 from segstream.server.config import ModelSpec, ServerConfig
 from segstream.server.engine import BatchResult, Model, U8Array
@@ -49,6 +50,10 @@ class HeldModel:
     @property
     def num_classes(self) -> int:
         return self._inner.num_classes
+
+    @property
+    def classes(self) -> ClassList:
+        return self._inner.classes
 
     @property
     def synthetic(self) -> bool:

@@ -201,7 +201,7 @@ def test_client_settings_are_validated() -> None:
 _OPTIONS = {
     "video": ["--out", "--mask-out", "--png-dir", "--wire", "--max-frames", "--no-progress", "IN", "--mcap"],
     "webcam": ["--device", "--max-frames", "--no-display", "--wire", "--out", "--foxglove", "--mcap", "--frame-id"],
-    "image": ["--out", "--mask-out", "IN"],
+    "image": ["--out", "--mask-out", "--wire", "IN"],
     "models": [],
     "wait": [],
 }

@@ -1,4 +1,4 @@
-"""Counts that must survive any interleaving: engine places, batcher tickets and deliveries.
+"""Counts that must survive any interleaving: engine places, batcher tickets and deliveries, stream frames.
 
 Stateful property tests: hypothesis picks random sequences of acquire / release / cancel / replace
 steps, with the event loop advanced by hand between them, so a cancellation can land at any await
@@ -8,16 +8,19 @@ point (including after a place was granted and before its task resumed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import Counter
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from segstream.server.admission import LiveAdmission
 from segstream.server.batcher import Batcher, Ticket
+from segstream.server.streams import CANCELLED, STALE, latest, ordered
+from segstream.v1 import segmentation_pb2 as pb
 
 STREAMS = [f"s{i}" for i in range(5)]
 
@@ -194,3 +197,80 @@ TestBatcherConservation = BatcherMachine.TestCase
 TestBatcherConservation.settings = settings(
     max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+async def _run_stream(
+    policy: str, gaps: list[int], work: list[int], fail: set[int], window: int, cancel_after: int | None
+) -> tuple[int, int, Counter[str]]:
+    """One stream over a fake engine, cancelled after `cancel_after` loop steps (None: runs to its end).
+
+    `gaps[i]` and `work[i]` are loop steps before frame i arrives and while it is processed.
+    Returns (frames read, frames answered or failed, drops by reason).
+    """
+    read = 0
+    answered = 0
+    drops: Counter[str] = Counter()
+
+    async def source() -> Any:
+        nonlocal read
+        for i, gap in enumerate(gaps):
+            for _ in range(gap):
+                await asyncio.sleep(0)
+            read += 1  # counted as it is handed on, as the server counts it received
+            yield pb.Frame(frame_id=i)
+
+    async def process(frame: pb.Frame, received: float) -> pb.SegmentResponse:
+        nonlocal answered
+        for _ in range(work[frame.frame_id]):
+            await asyncio.sleep(0)
+        answered += 1  # a failed frame is answered too, with its error
+        response = pb.SegmentResponse(frame_id=frame.frame_id)
+        if frame.frame_id in fail:
+            response.error.code = 3
+        return response
+
+    def drop(reason: str) -> None:
+        drops[reason] += 1
+
+    stream = (
+        latest(source(), process, drop, LiveAdmission(1))
+        if policy == "latest"
+        else ordered(source(), process, window, drop)
+    )
+
+    async def consume() -> None:
+        async for _ in stream:
+            pass
+
+    task = asyncio.ensure_future(consume())
+    if cancel_after is not None:
+        for _ in range(cancel_after):
+            await asyncio.sleep(0)
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for _ in range(5):  # done callbacks of cancelled work
+        await asyncio.sleep(0)
+    return read, answered, drops
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    policy=st.sampled_from(["ordered", "latest"]),
+    frames=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 6), st.booleans()), max_size=12),
+    window=st.integers(1, 4),
+    cancel_after=st.none() | st.integers(0, 60),
+)
+def test_every_frame_read_is_answered_or_dropped_once(
+    policy: str, frames: list[tuple[int, int, bool]], window: int, cancel_after: int | None
+) -> None:
+    gaps = [gap for gap, _, _ in frames]
+    work = [steps for _, steps, _ in frames]
+    fail = {i for i, (_, _, bad) in enumerate(frames) if bad}
+    read, answered, drops = asyncio.run(_run_stream(policy, gaps, work, fail, window, cancel_after))
+    assert read == answered + sum(drops.values()), (read, answered, drops)
+    assert set(drops) <= {STALE, CANCELLED}
+    if policy == "ordered":
+        assert drops[STALE] == 0
+    if cancel_after is None:
+        assert drops[CANCELLED] == 0 and read == len(frames)

@@ -18,6 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from segstream.evaluation import EnginePredictor, ServerPredictor
 from segstream.evaluation.cli import build_parser, main
 from segstream.models.serving import MEAN, STD
 from tests.cli_help import assert_every_option_documented
@@ -106,9 +107,10 @@ def test_text_output_has_the_summary_and_a_per_class_table(
     args = [a for a in eval_args(data, "--model", str(oracle), "--size", "4") if a != "--json"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert f"pixel accuracy    {100 * float(EXPECTED_PIXEL_ACCURACY):.2f}" in out
-    assert f"mean IoU, present {100 * float(EXPECTED_MEAN_IOU_PRESENT):.2f} (over the other 5 classes)" in out
-    assert f"mean IoU          {100 * float(EXPECTED_ZOO_MEAN_IOU):.2f}" in out
+    assert f"pixel accuracy    {100 * float(EXPECTED_PIXEL_ACCURACY):.2f}%\n" in out
+    assert f"mean IoU, present {100 * float(EXPECTED_MEAN_IOU_PRESENT):.2f}% (over the other 5 classes)" in out
+    assert f"mean IoU          {100 * float(EXPECTED_ZOO_MEAN_IOU):.2f}%\n" in out
+    assert f"pixel accuracy    {100 * float(EXPECTED_ZOO_PIXEL_ACCURACY):.2f}% (true negatives" in out
     assert "images            2 (2 without a VOC instance skipped)" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ") and line.split()}
     assert rows["person"] == ["62.50", "76.92", "13", "13"]
@@ -157,6 +159,28 @@ def test_errors_are_one_line_with_what_to_fix(
         main(["--images", str(data[0]), "--annotations", str(data[1])])
     assert exit_info.value.code == 2
     assert "one of the arguments --model --server is required" in capsys.readouterr().err
+
+
+def test_a_missing_last_image_fails_before_the_model_loads(
+    data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the dataset was checked")
+
+    monkeypatch.setattr(EnginePredictor, "load", no_model)
+    monkeypatch.setattr(ServerPredictor, "connect", no_model)
+    (data[0] / "d.png").unlink()  # image 4, the last by id
+    (data[0] / "b.png").write_bytes(b"not an image")
+    for source in (["--model", str(tmp_path / "none.onnx")], ["--server", "127.0.0.1:1"]):
+        assert main(eval_args(data, *source)) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        lines = captured.err.splitlines()
+        assert lines[0] == "segstream-eval: error: the dataset has problems; nothing was evaluated (2 problems):"
+        assert lines[1:] == [
+            f"  image 2: {data[0] / 'b.png'}: not an image OpenCV can read",
+            f"  image 4: {data[0] / 'd.png'} does not exist",
+        ]
 
 
 def test_every_option_is_documented() -> None:

@@ -29,10 +29,12 @@ from pycocotools import mask as coco_mask  # type: ignore[import-untyped]
 from segstream.evaluation import (
     IGNORE,
     ConfusionMatrix,
+    DatasetError,
     Predictor,
     Resolution,
     Sample,
     StreamingPredictor,
+    check_dataset,
     class_planes,
     evaluate_torchvision,
     evaluate_zoo,
@@ -344,3 +346,57 @@ def test_zoo_score_counts_every_channel_of_overlapping_classes() -> None:
     score = zoo_image_score([(15, person), (12, dog)], grid([[12, 0]]))
     # Truth 3 channel-pixels, predicted 1, intersection 1: union 3, disagreement 2 of 20 x 2.
     assert (score.intersection, score.union, score.agreement, score.channel_pixels) == (1, 3, 38, 40)
+
+
+def test_check_dataset_passes_a_sound_dataset(dataset: list[Sample]) -> None:
+    check_dataset(dataset)
+
+
+def test_check_dataset_lists_every_problem_at_once(tmp_path: Path) -> None:
+    images, annotations = build_dataset(tmp_path)
+    data = json.loads(annotations.read_text())
+    (images / "d.png").unlink()  # the last image by id
+    assert cv2.imwrite(str(images / "b.png"), np.zeros((8, 10, 3), np.uint8))  # 10 wide, not 12
+    (images / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(4))  # a PNG cut short in its header
+    data["annotations"][1]["segmentation"]["size"] = [5, 6]  # the dog's RLE, on a 4x6 image
+    data["annotations"][4]["segmentation"] = [[0, 0, 1]]  # the cat: not a polygon pycocotools takes
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(DatasetError) as info:
+        check_dataset(load_dataset(annotations, images))
+    lines = str(info.value).splitlines()
+    assert lines[0] == "the dataset has problems; nothing was evaluated (5 problems):"
+    assert f"  image 4: {images / 'd.png'} does not exist" in lines
+    assert any(f"image 2: {images / 'b.png'} is 10x8 but the annotations say 12x8" in line for line in lines)
+    assert f"  image 3: {images / 'c.png'}: its PNG header is corrupt or truncated" in lines
+    assert "  annotation 12 (image 1): its RLE is 6x5, the image 6x4" in lines
+    assert any(line.startswith("  annotation 21 (image 2): unusable segmentation") for line in lines)
+
+
+def test_check_dataset_reads_a_jpeg_size_past_large_metadata(tmp_path: Path) -> None:
+    ok, encoded = cv2.imencode(".jpg", np.zeros((5, 7, 3), np.uint8))
+    assert ok
+    data = encoded.tobytes()
+    # A 60 KiB application segment before the start of frame, as a large EXIF block would be.
+    filler = b"\xff\xe1" + (60002).to_bytes(2, "big") + bytes(60000)
+    path = tmp_path / "big-exif.jpg"
+    path.write_bytes(data[:2] + filler + data[2:])
+    check_dataset([Sample(1, path, height=5, width=7)])
+    with pytest.raises(DatasetError, match="is 7x5 but the annotations say 7x6"):
+        check_dataset([Sample(1, path, height=6, width=7)])
+
+
+def test_load_dataset_lists_every_bad_entry(tmp_path: Path) -> None:
+    images, annotations = build_dataset(tmp_path)
+    data = json.loads(annotations.read_text())
+    del data["images"][0]["height"], data["images"][2]["file_name"]
+    del data["annotations"][0]["image_id"]
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(annotations, images)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{annotations} is not usable (3 problems):"
+    assert lines[1:] == [
+        "  annotation id 11 lacks a valid 'image_id'",
+        "  image id 3 lacks a valid 'height'",
+        "  image id 4 lacks a valid 'file_name'",
+    ]

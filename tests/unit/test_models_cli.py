@@ -10,9 +10,12 @@ from pathlib import Path
 import onnx
 import pytest
 
+from segstream.models.classes import classes_from_metadata
 from segstream.models.cli import MODEL_DIR_ENV, _parser, main
-from segstream.models.graph import is_synthetic
+from segstream.models.graph import is_synthetic, model_metadata
+from segstream.wire.palette import VOC_CLASSES
 from tests.cli_help import assert_every_option_documented
+from tests.own_models import ramp_model
 
 PROG = "segstream-models"
 
@@ -86,6 +89,8 @@ def test_info_on_a_model_without_our_metadata(
         ["build", "tiny", "--out", "x.onnx", "--seed", "-3"],
         ["info", "does-not-exist.onnx"],
         ["info", "x.onnx", "--size", "big"],
+        ["label", "does-not-exist.onnx", "--classes", "names.txt"],
+        ["label", "x.onnx"],
         ["fetch", "fcn-resnet50", "--timeout", "-1"],
         ["frobnicate"],
         [],
@@ -144,10 +149,11 @@ def test_every_option_of_every_command_is_documented() -> None:
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ([], ["fetch", "build", "export", "info", "--help"]),
+        ([], ["fetch", "build", "export", "label", "info", "--help"]),
         (["fetch"], ["NAME", "--dir", "--url", "--timeout", "--quiet", MODEL_DIR_ENV]),
-        (["build"], ["ARCH", "--out", "--seed", "resnet50", "resnet101", "tiny"]),
+        (["build"], ["ARCH", "--out", "--seed", "--classes", "resnet50", "resnet101", "tiny"]),
         (["export"], ["NAME", "--out"]),
+        (["label"], ["PATH", "--classes", "--output", "--out", "#rrggbb"]),
         (["info"], ["PATH", "--size"]),
     ],
 )
@@ -156,3 +162,74 @@ def test_help_mentions_every_option(command: list[str], options: list[str], caps
     text = capsys.readouterr().out
     for option in options:
         assert option in text
+
+
+# --- class names --------------------------------------------------------------------------------
+
+
+def test_label_writes_class_names_into_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "ramp.onnx"
+    onnx.save(ramp_model(4, output="logits"), str(model))
+    names = tmp_path / "names.txt"
+    names.write_text("sky\nsea #0000ff\nsand\nrock\n")
+    capsys.readouterr()
+    assert main(["label", str(model), "--classes", str(names)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(model)
+    assert "4 classes (from" in captured.err and "sky, sea, sand, rock" in captured.err
+    classes = classes_from_metadata(model_metadata(onnx.load(str(model))))
+    assert classes is not None and classes.names == ("sky", "sea", "sand", "rock")
+    assert classes.palette[1].tolist() == [0, 0, 255]
+
+    assert main(["info", str(model)]) == 0
+    assert "classes: 4 classes (from metadata): sky, sea, sand, rock" in capsys.readouterr().out
+
+
+def test_label_refuses_a_class_count_the_model_does_not_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "ramp.onnx"
+    onnx.save(ramp_model(4), str(model))
+    before = model.read_bytes()
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\nc\n")
+    assert main(["label", str(model), "--classes", str(names)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "names 3 classes but output 'out'" in line and "has 4 channels" in line
+    assert model.read_bytes() == before
+    assert main(["label", str(model), "--classes", str(names), "--output", "scores"]) == 2
+    assert "has no output 'scores' (its outputs: out)" in _one_error_line(capsys.readouterr().err)
+    names.write_text("a\na\nb\nc\n")
+    assert main(["label", str(model), "--classes", str(names)]) == 2
+    assert "'a' already names class 0" in _one_error_line(capsys.readouterr().err)
+
+
+def test_label_can_write_another_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "ramp.onnx"
+    onnx.save(ramp_model(2), str(model))
+    before = model.read_bytes()
+    names = tmp_path / "names.json"
+    names.write_text('{"classes": ["off", "on"], "palette": [[0, 0, 0], [255, 255, 255]]}')
+    out = tmp_path / "labelled" / "ramp.onnx"
+    assert main(["label", str(model), "--classes", str(names), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert model.read_bytes() == before
+    classes = classes_from_metadata(model_metadata(onnx.load(str(out))))
+    assert classes is not None and classes.palette.tolist() == [[0, 0, 0], [255, 255, 255]]
+
+
+def test_build_names_voc_by_default_or_the_classes_given(
+    tmp_path: Path, tiny_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    voc = classes_from_metadata(model_metadata(onnx.load(str(tiny_path))))
+    assert voc is not None and voc.names == VOC_CLASSES
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"part {k}" for k in range(30)))
+    out = tmp_path / "parts.onnx"
+    assert main(["build", "tiny", "--out", str(out), "--classes", str(names)]) == 0
+    model = onnx.load(str(out))
+    classes = classes_from_metadata(model_metadata(model))
+    assert classes is not None and len(classes) == 30
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "output: out float32 [batch, 30, height, width]" in capsys.readouterr().out

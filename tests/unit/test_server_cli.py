@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from segstream.server.cli import build_parser, main
+from segstream.server.cli import build_parser, config_from_args, main
 from segstream.server.event_loop import EventLoopUnavailable, loop_factory
 from tests.cli_help import assert_every_option_documented
 
@@ -74,3 +74,63 @@ def test_uvloop_asked_for_but_missing_is_one_clear_error(monkeypatch: pytest.Mon
     assert loop_factory("auto")[0] == "asyncio"
     with pytest.raises(EventLoopUnavailable, match="uvloop is not installed"):
         loop_factory("uvloop")
+
+
+# --- a model's classes and heads ----------------------------------------------------------------
+
+
+def test_classes_and_heads_attach_to_the_models_they_name(tiny_model: Path, tmp_path: Path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    argv = ["--model", f"a={tiny_model}", "--model", f"b={tiny_model}", "--classes", f"b={names}"]
+    argv += ["--head", "a:out=logits", "--head", "b:aux=aux_logits", "--head", "a:aux=side"]
+    config = config_from_args(build_parser().parse_args(argv))
+    a, b = config.models
+    assert a.classes_file is None and b.classes_file == names
+    assert a.head_outputs == (("out", "logits"), ("aux", "side")) and a.output_of("out") == "logits"
+    assert b.output_of("out") == "out" and b.output_of("aux") == "aux_logits"
+    # With one model its name may be left out.
+    single = config_from_args(build_parser().parse_args(["--model", str(tiny_model), "--classes", str(names)]))
+    assert single.models[0].classes_file == names
+
+
+def test_classes_and_heads_come_from_the_environment(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    monkeypatch.setenv("SEGSTREAM_CLASSES", f"m={names}")
+    monkeypatch.setenv("SEGSTREAM_HEAD", "m:out=logits,m:aux=side")
+    config = config_from_args(build_parser().parse_args(["--model", f"m={tiny_model}"]))
+    assert config.models[0].classes_file == names
+    assert config.models[0].head_outputs == (("out", "logits"), ("aux", "side"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--classes", "names.txt"], "--classes 'names.txt': several models are served; name one as MODEL=FILE"),
+        (["--classes", "c=names.txt"], "no model is named 'c' (models: a, b)"),
+        (["--classes", "a=names.txt", "--classes", "a=names.txt"], "model a is given two class files"),
+        (["--classes", "a=missing.txt"], "--classes a=missing.txt: no such file"),
+        (["--head", "out=logits"], "--head 'out=logits': several models are served; name one as MODEL:HEAD=OUTPUT"),
+        (["--head", "a:main=logits"], "the heads are out and aux, not 'main'"),
+        (["--head", "a:out"], "expected HEAD=OUTPUT or MODEL:HEAD=OUTPUT"),
+        (["--head", "a:out=x", "--head", "a:out=y"], "head out of model a is mapped twice"),
+    ],
+)
+def test_bad_classes_and_heads_are_one_line(
+    extra: list[str],
+    message: str,
+    tiny_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "names.txt").write_text("x\ny\n")
+    with pytest.raises(SystemExit) as info:
+        main(["--model", f"a={tiny_model}", "--model", f"b={tiny_model}", *extra])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

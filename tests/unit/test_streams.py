@@ -79,7 +79,7 @@ async def test_closing_a_stream_cancels_its_in_flight_work() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     await asyncio.sleep(0.05)
     assert process.active == 0
 

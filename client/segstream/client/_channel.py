@@ -13,7 +13,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from segstream.client._errors import SegstreamError, ServerNotReadyError
-from segstream.client._frames import FrameEncoder, FrameInput, FrameLike
+from segstream.client._frames import EncodedFrame, FrameEncoder, FrameInput, FrameLike
 from segstream.client._options import StreamOptions
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc
@@ -101,6 +101,12 @@ def as_frame_input(image: FrameLike, frame_id: int, timestamp_ns: int | None) ->
     """`segment()`'s image with its frame id and capture time; a FrameInput keeps the ones it carries."""
     if isinstance(image, FrameInput):
         return image
+    if isinstance(image, EncodedFrame):  # takes segment()'s id and time where it carries none
+        return EncodedFrame(
+            image.data,
+            frame_id=frame_id if image.frame_id is None else image.frame_id,
+            timestamp_ns=timestamp_ns if image.timestamp_ns is None else image.timestamp_ns,
+        )
     return FrameInput(image, frame_id=frame_id, timestamp_ns=timestamp_ns)
 
 

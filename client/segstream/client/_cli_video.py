@@ -31,6 +31,7 @@ from segstream.client._cli_support import (
     warn,
 )
 from segstream.client._cli_view import annotator, start_view, wants_labels
+from segstream.client._frames import EncodedFrame
 from segstream.client._legend import Annotator
 from segstream.client._live_view import LiveView
 from segstream.client._options import OutputName, StreamOptions
@@ -38,7 +39,8 @@ from segstream.client._results import SegmentResult
 from segstream.client._sources import CameraSource, VideoSourceError
 from segstream.client._sync_client import SegmentationClient
 from segstream.client._video_writer import VideoWriter, open_video_writer
-from segstream.wire.codec import U8Array, as_u8
+from segstream.wire.codec import U8Array, WireEncoding, as_u8, encode_bgr
+from segstream.wire.imageinfo import image_kind, image_size
 
 _FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
 # Redrawing the progress bar's statistics on every frame would cost more than the frames.
@@ -257,6 +259,27 @@ def _stream_video(
     return 0
 
 
+def image_frame(source: Path, data: bytes, wire: WireEncoding | None) -> EncodedFrame | U8Array:
+    """What the `image` command sends for the file `source` holding `data`, with `--wire` (None: as it is).
+
+    A JPEG or PNG file goes as its own bytes unless `wire` asks for something else; other formats
+    are decoded and sent as `wire` says, PNG by default (lossless). Raw sends the decoded BGR array.
+    The format is told by the magic bytes, never by the file's name.
+    """
+    kind = image_kind(data)
+    if kind is not None and wire in (None, kind):
+        if image_size(data) is None:
+            raise CliError(f"cannot read {source}: its {kind.upper()} header is corrupt or truncated")
+        return EncodedFrame(data)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CliError(f"cannot read {source}: not an image OpenCV can decode")
+    bgr = as_u8(image)
+    if wire == "raw":
+        return bgr
+    return EncodedFrame(encode_bgr(bgr, "jpeg" if wire == "jpeg" else "png"))
+
+
 def run_image(args: argparse.Namespace) -> int:
     """The `image` command: segment one image file and write its overlay (and class-index mask)."""
     source, out = Path(args.input), Path(args.out)
@@ -270,9 +293,11 @@ def run_image(args: argparse.Namespace) -> int:
         if mask_out.suffix.lower() != ".png":
             raise CliError(f"cannot write {mask_out}: class-index masks need a lossless .png file")
         check_output_folder(mask_out)
-    image = cv2.imread(str(source), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CliError(f"cannot read {source}: not an image OpenCV can decode")
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {source}: {exc.strerror or exc}") from None
+    frame = image_frame(source, data, args.wire)
     outputs: tuple[OutputName, ...] = ("overlay", "label_mask") if mask_out or wants_labels(args) else ("overlay",)
     # PNG results: the files written are the product here, so no second lossy step.
     options = StreamOptions(
@@ -280,11 +305,11 @@ def run_image(args: argparse.Namespace) -> int:
     )
     with SegmentationClient(args.server, timeout=args.timeout, **security_kwargs(args)) as client:
         model = choose_model(client, args.model)
-        result = client.segment(as_u8(image), options)
+        result = client.segment(frame, options)
     if not result.ok or result.overlay is None:
         raise CliError(f"server could not segment {source}: {result.error}")
-    height, width = image.shape[:2]
-    cv2.imwrite(str(out), annotator(args, model).annotate(rgb_to_bgr(result.overlay, (width, height)), result.labels))
+    # The overlay has the image's size as the server decoded it (a JPEG's EXIF orientation applied).
+    cv2.imwrite(str(out), annotator(args, model).annotate(rgb_to_bgr(result.overlay), result.labels))
     if mask_out is not None and result.labels is not None:
         cv2.imwrite(str(mask_out), result.labels)
     print(

@@ -85,10 +85,17 @@ _CLASS_BY_CODE: dict[grpc.StatusCode, type[SegstreamError]] = {
 _HINT_BY_CODE: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAVAILABLE: "is the server running at that address, and has it finished loading?",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the server may be overloaded; raise the timeout or retry",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "send smaller frames (or JPEG) or raise max_message_bytes",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "a server limit was hit: send smaller frames, or fewer streams or calls",
     grpc.StatusCode.UNIMPLEMENTED: "the server at that address does not serve segstream.v1.Segmentation",
     grpc.StatusCode.UNAUTHENTICATED: "pass a token or client certificate the server accepts (token=..., --token-file)",
 }
+
+# gRPC's own "Sent/Received message larger than max (N vs. M)": a frame or a result over the size limit.
+_MESSAGE_SIZE_HINT = (
+    "a message is over the gRPC size limit: send frames compressed (wire_encoding='jpeg' or 'png'; "
+    "segstream-client: --wire jpeg or png) or smaller, or raise the limit on both sides "
+    "(max_message_bytes here, --max-message-bytes on the server)"
+)
 
 
 def _lost_status(exc: grpc.RpcError, code: grpc.StatusCode, details: str) -> bool:
@@ -190,6 +197,8 @@ def error_from_rpc(exc: grpc.RpcError, target: str) -> SegstreamError:
         hint = tls_hint
     elif code is grpc.StatusCode.UNAVAILABLE and "loading" in details:
         hint = "wait_ready() (segstream-client wait) returns once it serves"
+    elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        hint = _MESSAGE_SIZE_HINT
     elif code is grpc.StatusCode.UNAVAILABLE and "shutting down" in details:
         hint = "stream(..., reconnect=Reconnect()) carries a stream over to another server or a restart"
     if _lost_status(exc, code, details):

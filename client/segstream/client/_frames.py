@@ -11,7 +11,8 @@ from typing import TypeAlias
 import numpy as np
 
 from segstream.v1 import segmentation_pb2 as pb
-from segstream.wire.codec import PixelFormatName, U8Array, WireEncoding, frame_from_array
+from segstream.wire.codec import PixelFormatName, U8Array, WireEncoding, frame_from_array, timestamp_from_ns
+from segstream.wire.imageinfo import image_kind
 
 PIXEL_FORMATS: tuple[PixelFormatName, ...] = ("bgr", "rgb", "gray")
 WIRE_ENCODINGS: tuple[WireEncoding, ...] = ("raw", "jpeg", "png")
@@ -42,8 +43,31 @@ class FrameInput:
             raise ValueError(f"FrameInput.frame_id must be from 0 to 2**64-1; got {self.frame_id}")
 
 
-FrameLike: TypeAlias = U8Array | FrameInput
-"""What a frame source may yield: a bare image, or one with its own id and capture time."""
+@dataclass(frozen=True, eq=False)
+class EncodedFrame:
+    """A complete JPEG or PNG file, sent as it is: no decoding or re-encoding on the client.
+
+    Attributes:
+        data: The file's bytes; the server tells JPEG from PNG by their magic bytes.
+        frame_id: Echoed back in the result; None uses the frame's position in the stream (from 0).
+        timestamp_ns: Capture time in ns since the Unix epoch; None uses the time it is sent.
+    """
+
+    data: bytes
+    frame_id: int | None = None
+    timestamp_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, bytes):
+            raise TypeError(f"EncodedFrame.data must be bytes, got {type(self.data).__name__}")
+        if image_kind(self.data) is None:
+            raise ValueError(f"EncodedFrame.data ({len(self.data)} bytes) is neither a JPEG nor a PNG file")
+        if self.frame_id is not None and not 0 <= self.frame_id <= _MAX_FRAME_ID:
+            raise ValueError(f"EncodedFrame.frame_id must be from 0 to 2**64-1; got {self.frame_id}")
+
+
+FrameLike: TypeAlias = U8Array | FrameInput | EncodedFrame
+"""What a frame source may yield: a bare image, one with its own id and capture time, or a JPEG/PNG file."""
 
 
 def check_wire_settings(pixel_format: str, wire_encoding: str, jpeg_quality: int) -> None:
@@ -69,12 +93,19 @@ class FrameEncoder:
         """The wire frame; raises TypeError/ValueError for an array that is not a uint8 image."""
         position = self._position
         self._position += 1
+        if isinstance(item, EncodedFrame):
+            frame = pb.Frame(
+                frame_id=position if item.frame_id is None else item.frame_id,
+                capture_time=timestamp_from_ns(time.time_ns() if item.timestamp_ns is None else item.timestamp_ns),
+            )
+            frame.encoded.data = item.data
+            return frame
         if isinstance(item, FrameInput):
             image, frame_id, timestamp_ns = item.image, item.frame_id, item.timestamp_ns
         elif isinstance(item, np.ndarray):
             image, frame_id, timestamp_ns = item, None, None
         else:
-            raise TypeError(f"frames must be numpy arrays or FrameInput, got {type(item).__name__}")
+            raise TypeError(f"frames must be numpy arrays, FrameInput or EncodedFrame, got {type(item).__name__}")
         return frame_from_array(
             image,
             frame_id=position if frame_id is None else frame_id,

@@ -123,6 +123,16 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     image.add_argument("input", metavar="IN", help="image file to read")
     image.add_argument("--out", required=True, metavar="OUT", help="overlay image to write (.png or .jpg)")
     image.add_argument("--mask-out", metavar="PATH", help="also write the class-index mask as an 8-bit PNG")
+    image.add_argument(
+        "--wire",
+        choices=("raw", "jpeg", "png"),
+        default=None,
+        help="how the image travels; by default a JPEG or PNG file (told by its first bytes, not its name)"
+        " is sent as it is, without re-encoding, and any other format (BMP, TIFF, WebP, ...) is decoded and"
+        " sent as lossless PNG; raw: the decoded pixels (3 bytes a pixel, so over the 64 MiB message limit"
+        " from about 22 MP); jpeg or png: re-encoded to that format (JPEG quality 90), unless the file"
+        " already is in that format, whose bytes are then sent as they are",
+    )
     add_legend_option(image, "the overlay image")
 
     _command(commands, "models", _run_models, "list the models the server serves")

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from segstream.models.classes import ClassList, set_class_metadata, voc_classes
+
 OPSET = 11
 # IR version written by ONNX 1.8, which produced the published opset-11 files.
 IR_VERSION = 7
@@ -169,16 +171,27 @@ def _backbone(b: _GraphBuilder, spec: ArchSpec) -> tuple[str, int, str, int]:
     return layer3, c3, layer4, c4
 
 
-def build_fcn(arch: str, seed: int = 0, num_classes: int = NUM_CLASSES) -> onnx.ModelProto:
+def build_fcn(
+    arch: str, seed: int = 0, num_classes: int | None = None, classes: ClassList | None = None
+) -> onnx.ModelProto:
     """Build a synthetic FCN model ("resnet50", "resnet101" or "tiny") with seeded random weights.
 
     Input ``input`` float32 [batch, 3, height, width]; outputs ``out`` and ``aux`` float32
     [batch, num_classes, height, width] logits. Opset 11, like the published files.
+
+    The metadata names the classes (segstream.models.classes): `classes` when given (num_classes
+    defaults to their count), the Pascal VOC ones for 21 classes (the default), none otherwise.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
+    if num_classes is None:
+        num_classes = NUM_CLASSES if classes is None else len(classes)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, not {num_classes}")
+    if classes is None and num_classes == NUM_CLASSES:
+        classes = voc_classes()
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names for a model of {num_classes} classes")
     spec = ARCHS[arch]
     model = onnx.ModelProto()
     model.ir_version = IR_VERSION
@@ -208,4 +221,6 @@ def build_fcn(arch: str, seed: int = 0, num_classes: int = NUM_CLASSES) -> onnx.
         model,
         {SYNTHETIC_KEY: "true", ARCH_KEY: arch, SEED_KEY: str(seed), WARNING_KEY: WARNING_TEXT},
     )
+    if classes is not None:
+        set_class_metadata(model, classes)
     return model

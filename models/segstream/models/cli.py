@@ -1,4 +1,4 @@
-"""`segstream-models`: fetch, build, export and inspect the segmentation models."""
+"""`segstream-models`: fetch, build, export, label and inspect the segmentation models."""
 
 from __future__ import annotations
 
@@ -12,9 +12,23 @@ import onnx
 
 from segstream.models.build import ARCHS, WARNING_TEXT, build_fcn
 from segstream.models.catalog import MODELS, UnknownModelError, find_by_sha256, get_model
+from segstream.models.classes import (
+    ClassList,
+    ClassListError,
+    classes_from_metadata,
+    read_classes_file,
+    set_class_metadata,
+)
 from segstream.models.export import ExportError, export_torchvision
 from segstream.models.fetch import DEFAULT_TIMEOUT, FetchError, fetch, sha256_of
-from segstream.models.graph import count_macs, input_names, is_synthetic, model_metadata, output_names
+from segstream.models.graph import (
+    count_macs,
+    input_names,
+    is_synthetic,
+    model_metadata,
+    output_channels,
+    output_names,
+)
 from segstream.wire.argparsing import OneLineParser
 
 PROG = "segstream-models"
@@ -64,7 +78,9 @@ def _positive(text: str) -> float:
 
 
 def _parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="Fetch, build, export and inspect segstream's FCN models.")
+    parser = OneLineParser(
+        prog=PROG, description="Fetch, build, export, label and inspect segstream's segmentation models."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     names = ", ".join(MODELS)
 
@@ -94,12 +110,39 @@ def _parser() -> OneLineParser:
     p.add_argument("arch", metavar="ARCH", choices=list(ARCHS), help=f"backbone ({', '.join(ARCHS)})")
     p.add_argument("--out", type=Path, required=True, help="path of the .onnx file to write")
     p.add_argument("--seed", type=_seed, default=0, help="random seed of the weights (default 0)")
+    p.add_argument(
+        "--classes",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="a class file (one name per line, optionally followed by #rrggbb; or JSON): the model gets one class "
+        "per name and names them in its metadata (default: the 21 Pascal VOC classes)",
+    )
 
     p = sub.add_parser("export", help="export a published model from torchvision (needs torch and network)")
     p.add_argument("name", metavar="NAME", help=f"model to export ({names})")
     p.add_argument("--out", type=Path, required=True, help="path of the .onnx file to write")
 
-    p = sub.add_parser("info", help="show a model's inputs, outputs, origin and cost")
+    p = sub.add_parser("label", help="write class names (and colours) into an ONNX file's metadata")
+    p.add_argument("path", metavar="PATH", type=Path, help="the .onnx file to label")
+    p.add_argument(
+        "--classes",
+        type=Path,
+        metavar="FILE",
+        required=True,
+        help="class file: one name per line in class order, optionally followed by #rrggbb; or JSON, a list of "
+        'names or {"classes": [...], "palette": [[r, g, b], ...]}',
+    )
+    p.add_argument(
+        "--output",
+        metavar="NAME",
+        default=None,
+        help="the logits output whose channels are the classes, to check their count against "
+        "(default: out, else the first output)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="write the labelled model here (default: replace PATH)")
+
+    p = sub.add_parser("info", help="show a model's inputs, outputs, classes, origin and cost")
     p.add_argument("path", metavar="PATH", type=Path, help="the .onnx file to inspect")
     p.add_argument(
         "--size",
@@ -118,11 +161,16 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    model = build_fcn(args.arch, seed=args.seed)
-    out: Path = args.out
+def _read_classes(path: Path) -> ClassList:
+    try:
+        return read_classes_file(path)
+    except ClassListError as exc:
+        raise _UsageError(str(exc)) from None
+
+
+def _save(model: onnx.ModelProto, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so that an interrupted build never leaves a truncated model behind
+    # Write then rename, so that an interrupted write never leaves a truncated model behind
     # for a later "is the file there?" check to pick up.
     tmp = out.with_name(out.name + ".tmp")
     try:
@@ -130,6 +178,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    classes = None if args.classes is None else _read_classes(args.classes)
+    model = build_fcn(args.arch, seed=args.seed, classes=classes)
+    out: Path = args.out
+    _save(model, out)
     macs = count_macs(model, REFERENCE_SIZE, REFERENCE_SIZE)
     without_aux = count_macs(model, REFERENCE_SIZE, REFERENCE_SIZE, ["out"])
     print(
@@ -144,6 +199,42 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     print(export_torchvision(get_model(args.name), args.out))
+    return 0
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise _UsageError(f"no such file: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise _UsageError(f"cannot read {path} as ONNX: {exc}") from exc
+    if not model.graph.node:
+        raise _UsageError(f"{path} contains no ONNX graph")
+    return model
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    model = _load(path)
+    classes = _read_classes(args.classes)
+    outputs = output_names(model)
+    output = args.output or ("out" if "out" in outputs else outputs[0] if outputs else None)
+    if output not in outputs:
+        raise _UsageError(f"{path} has no output {output!r} (its outputs: {', '.join(outputs) or 'none'})")
+    channels = output_channels(model, output)
+    if channels is not None and channels != len(classes):
+        raise _UsageError(
+            f"{args.classes} names {len(classes)} classes but output {output!r} of {path} has {channels} "
+            "channels (one per class): give one name per channel, or pick the logits output with --output"
+        )
+    set_class_metadata(model, classes)
+    out: Path = args.out or path
+    _save(model, out)
+    if channels is None:
+        print(f"note: the channel count of output {output!r} is not fixed in the file: not checked", file=sys.stderr)
+    print(f"{out}: {classes.summary()}", file=sys.stderr)
+    print(out)
     return 0
 
 
@@ -162,14 +253,7 @@ def _describe(value: onnx.ValueInfoProto) -> str:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     path: Path = args.path
-    if not path.is_file():
-        raise _UsageError(f"no such file: {path}")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:
-        raise _UsageError(f"cannot read {path} as ONNX: {exc}") from exc
-    if not model.graph.node:
-        raise _UsageError(f"{path} contains no ONNX graph")
+    model = _load(path)
     graph_inputs = {i.name: i for i in model.graph.input}
     outputs = {o.name: o for o in model.graph.output}
     print(f"file: {path}")
@@ -180,6 +264,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     opsets = (f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     print(f"opset: {', '.join(opsets)}")
     meta = model_metadata(model)
+    try:
+        classes = classes_from_metadata(meta, "metadata")
+        unnamed = "not named in the file (a 21-class model is served as Pascal VOC; segstream-models label names them)"
+        print(f"classes: {unnamed if classes is None else classes.summary()}")
+    except ClassListError as exc:
+        print(f"classes: unusable {exc}")
     if is_synthetic(meta):
         arch, seed = meta.get("segstream.arch", "?"), meta.get("segstream.seed", "?")
         print(f"synthetic: yes (arch {arch}, seed {seed})")
@@ -199,7 +289,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"fetch": _cmd_fetch, "build": _cmd_build, "export": _cmd_export, "info": _cmd_info}
+_COMMANDS = {
+    "fetch": _cmd_fetch,
+    "build": _cmd_build,
+    "export": _cmd_export,
+    "label": _cmd_label,
+    "info": _cmd_info,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import onnx
 
 from segstream.models.build import INPUT_NAME, OUTPUT_NAMES
 from segstream.models.catalog import ModelFile, get_model
+from segstream.models.classes import set_class_metadata, voc_classes
 
 # The exporter traces at this size; height and width are declared dynamic afterwards.
 _TRACE_SIZE = 520
@@ -35,7 +36,8 @@ def _import(module: str, model: ModelFile) -> ModuleType:
 
 def export_torchvision(name: str | ModelFile, out_path: str | os.PathLike[str], opset: int = 11) -> Path:
     """Export torchvision's pretrained FCN as ONNX with input `input` and outputs `out`, `aux`
-    (batch, height and width dynamic), like the published model zoo files.
+    (batch, height and width dynamic), like the published model zoo files, plus the Pascal VOC class
+    names and palette in its metadata.
 
     The weights are downloaded from download.pytorch.org into torch's cache on first use.
     """
@@ -89,6 +91,9 @@ def export_torchvision(name: str | ModelFile, out_path: str | os.PathLike[str], 
         names = [o.name for o in exported.graph.output]
         if names != list(OUTPUT_NAMES):
             raise ExportError(f"export produced outputs {names}, expected {list(OUTPUT_NAMES)}")
+        # The file names its classes itself, as segstream-server reads them (segstream.models.classes).
+        set_class_metadata(exported, voc_classes())
+        onnx.save(exported, str(tmp))
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

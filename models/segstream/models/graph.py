@@ -187,6 +187,34 @@ def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, list[int | None]]) -> 
     return 0
 
 
+def output_channels(model: onnx.ModelProto, output: str, height: int = 64, width: int = 64) -> int | None:
+    """Dimension 1 (the channels, one per class for logits) of a graph output; None when it cannot be told.
+
+    The declared shape answers when it fixes that dimension; otherwise shape inference runs on a
+    weight-free copy of the graph for one 1x3xHxW input.
+    """
+    declared = next((o for o in model.graph.output if o.name == output), None)
+    if declared is None:
+        raise ValueError(f"unknown output {output!r}; the model's outputs are: {', '.join(output_names(model))}")
+    dims = declared.type.tensor_type.shape.dim
+    if len(dims) >= 2 and dims[1].HasField("dim_value"):
+        return int(dims[1].dim_value)
+    try:
+        nodes = [model.graph.node[i] for i in _needed_nodes(model.graph, [output])]
+        skeleton = _shape_skeleton(model, nodes, height, width)
+        del skeleton.graph.output[:]
+        skeleton.graph.output.append(
+            helper.make_tensor_value_info(output, declared.type.tensor_type.elem_type or onnx.TensorProto.FLOAT, None)
+        )
+        inferred = shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+    except Exception:  # a graph shape inference cannot follow: the caller says what it needs instead
+        return None
+    shape = _shapes(inferred).get(output)
+    if shape is None or len(shape) < 2 or not shape[1]:
+        return None
+    return shape[1]
+
+
 def count_macs(model: onnx.ModelProto, height: int, width: int, outputs: Sequence[str] | None = None) -> int:
     """Multiply-accumulates of the Conv/ConvTranspose/Gemm/MatMul nodes that compute `outputs`
     (all graph outputs when None) for one 1x3xHxW image.

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from segstream.models.graph import keep_outputs
+from segstream.models.graph import input_names, keep_outputs
 
 FRAMES = "frames"
 OUTPUT_SIZE = "output_size"
@@ -46,17 +46,21 @@ def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
 
 
 def serving_graph(model: onnx.ModelProto, head: str = "out", resize_in_graph: bool = True) -> onnx.ModelProto:
-    """The serving graph of an FCN with input `input` (float NCHW) and logits output `head`.
+    """The serving graph of an FCN with one float NCHW input (`input` in the published files) and logits output `head`.
 
     `resize_in_graph` picks the variant (see the module docstring): labels resized to `output_size`
     in the graph, or labels and logits at the inference size for the host to upsample.
     """
     pruned = keep_outputs(model, [head])
     graph = pruned.graph
-    model_input = next((i for i in graph.input if i.name == "input"), None)
-    if model_input is None:
-        raise ValueError("the model has no input named 'input'")
+    head = _clear_serving_names(graph, head)
+    inputs = input_names(pruned)
+    if len(inputs) != 1:
+        raise ValueError(f"the model has {len(inputs)} inputs ({', '.join(inputs)}); a served model has one, the image")
+    model_input = next(i for i in graph.input if i.name == inputs[0])
     dims = model_input.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ValueError(f"the model's input {model_input.name!r} has {len(dims)} dimensions, not 4 (N, 3, H, W)")
     graph.input.remove(model_input)
     scale = (1.0 / (255.0 * np.array(STD, np.float32))).reshape(1, 3, 1, 1).astype(np.float32)
     offset = (-np.array(MEAN, np.float32) / np.array(STD, np.float32)).reshape(1, 3, 1, 1).astype(np.float32)
@@ -66,7 +70,7 @@ def serving_graph(model: onnx.ModelProto, head: str = "out", resize_in_graph: bo
         helper.make_node("Transpose", [FRAMES], [_P + "nchw_u8"], perm=[0, 3, 1, 2]),
         helper.make_node("Cast", [_P + "nchw_u8"], [_P + "nchw"], to=TensorProto.FLOAT),
         helper.make_node("Mul", [_P + "nchw", _P + "scale"], [_P + "scaled"]),
-        helper.make_node("Add", [_P + "scaled", _P + "offset"], ["input"]),
+        helper.make_node("Add", [_P + "scaled", _P + "offset"], [model_input.name]),
     ]
     logits = head
     score = [
@@ -151,6 +155,37 @@ def _host_variant(
     )
     onnx.checker.check_model(pruned)
     return pruned
+
+
+def _clear_serving_names(graph: onnx.GraphProto, head: str) -> str:
+    """Renames the model's tensors that bear a name of the serving graph's inputs and outputs (a head
+    called `logits`, an input called `frames`); returns the head's name after that."""
+    used = {value.name for value in (*graph.input, *graph.output, *graph.value_info)}
+    used |= {t.name for t in graph.initializer}
+    used |= {name for node in graph.node for name in (*node.input, *node.output)}
+    for name in (FRAMES, OUTPUT_SIZE, LABELS, CONFIDENCE, LOGITS):
+        if name in used:
+            _rename(graph, name, _P + "model_" + name)
+            head = _P + "model_" + name if head == name else head
+    return head
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+    for tensor in graph.initializer:
+        if tensor.name == old:
+            tensor.name = new
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
+        # Subgraphs (If, Loop, Scan) may read the tensor from the outer scope.
+        for attr in node.attribute:
+            for sub in (*attr.graphs, *([attr.g] if attr.HasField("g") else [])):
+                _rename(sub, old, new)
 
 
 def _dim(dim: onnx.TensorShapeProto.Dimension) -> str | int:

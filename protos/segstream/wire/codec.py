@@ -15,10 +15,10 @@ from typing import Literal, cast
 
 try:
     import cv2
-except ImportError as exc:  # OpenCV comes in two builds that cannot be installed together
+except ImportError as exc:  # OpenCV's builds share the cv2/ files: uninstalling one removes them for all
     raise ImportError(
-        "segstream needs OpenCV: pip install 'segstream[headless]' (no display needed) "
-        "or 'segstream[gui]' (live webcam window; needs libGL)"
+        "segstream needs OpenCV: pip install --force-reinstall opencv-python-headless "
+        "(or opencv-python for the live webcam window; needs libGL)"
     ) from exc
 import numpy as np
 import numpy.typing as npt

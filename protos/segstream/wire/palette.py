@@ -1,4 +1,4 @@
-"""Pascal VOC class names, the model card's palette, and pure numpy mask rendering.
+"""Pascal VOC class names, the model card's palette (generated for any class count), and pure numpy mask rendering.
 
 Example:
     >>> labels = np.zeros((2, 2), np.uint8)
@@ -58,18 +58,29 @@ def voc_palette(num_classes: int = len(VOC_CLASSES)) -> U8Array:
     return table[:num_classes] if num_classes < 256 else table
 
 
-@cache
-def _lut(num_classes: int) -> U8Array:
-    # A full 256-entry table lets `colorize` index without bounds checks; class ids the
-    # model cannot produce stay black.
+def palette_table(palette: U8Array) -> U8Array:
+    """A read-only 256-entry RGB lookup table from a [C, 3] palette (C <= 256); ids from C on stay black.
+
+    Indexing it with any uint8 label map needs no bounds check: `palette_table(p)[labels]`.
+    """
+    colours = np.asarray(palette, np.uint8).reshape(-1, 3)
+    if len(colours) > 256:
+        raise ValueError(f"a palette for uint8 class ids has at most 256 colours, not {len(colours)}")
     table = np.zeros((256, 3), np.uint8)
-    table[:num_classes] = voc_palette(num_classes)
+    table[: len(colours)] = colours
     table.flags.writeable = False
     return table
 
 
+@cache
+def _lut(num_classes: int) -> U8Array:
+    # A full 256-entry table lets `colorize` index without bounds checks; class ids the
+    # model cannot produce stay black.
+    return palette_table(voc_palette(num_classes)[:num_classes])
+
+
 def colorize(labels: U8Array, num_classes: int = len(VOC_CLASSES)) -> U8Array:
-    """Colour a HxW uint8 label map with the palette; returns HxWx3 RGB."""
+    """Colour a HxW uint8 label map with the generated palette of `num_classes`; returns HxWx3 RGB."""
     return _lut(num_classes)[labels]
 
 

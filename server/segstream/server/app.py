@@ -46,12 +46,14 @@ def load_models(config: ServerConfig) -> dict[str, Model]:
             workers=config.workers,
             buckets=config.buckets,
         )
+        heads = (h if output == h else f"{h}={output}" for h, output in model.outputs.items())
         log.info(
-            "model %s loaded from %s on %s (heads: %s)",
+            "model %s loaded from %s on %s (heads: %s); %s",
             spec.name,
             spec.path,
             model.provider,
-            ",".join(model.heads),
+            ",".join(heads),
+            model.classes.summary(),
         )
         if model.synthetic:
             log.warning("model %s has RANDOM weights (synthetic graph): its masks are meaningless", spec.name)

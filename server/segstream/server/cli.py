@@ -18,12 +18,14 @@ from segstream.server.config import (
     env_default,
     env_flag,
     env_option,
+    with_model_options,
 )
 from segstream.server.engine import EngineError
 from segstream.server.event_loop import EVENT_LOOPS, EventLoopUnavailable, loop_factory
 from segstream.server.gpu_cli import add_gpu_arguments, gpu_options_from_args
 from segstream.server.logs import configure_logging
 from segstream.wire.argparsing import OneLineParser
+from segstream.wire.extras import require_server_extra
 
 log = logging.getLogger("segstream.server")
 
@@ -52,6 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[NAME=]PATH",
         help="ONNX model to serve (repeatable); NAME defaults to the file name without .onnx; the first is "
         "the default model (env SEGSTREAM_MODEL: comma-separated list)",
+    )
+    p.add_argument(
+        "--classes",
+        action="append",
+        metavar="[MODEL=]FILE",
+        help="class names of a model whose file does not name them (repeatable): one name per line in class "
+        "order, optionally followed by #rrggbb, or JSON; MODEL may be left out when one model is served; "
+        "without either, only a 21-class model is served, as Pascal VOC (env SEGSTREAM_CLASSES: comma-separated "
+        "list; see docs/models.md)",
+    )
+    p.add_argument(
+        "--head",
+        action="append",
+        metavar="[MODEL:]HEAD=OUTPUT",
+        help="serve head out or aux of a model from the graph output OUTPUT, e.g. --head out=logits (repeatable; "
+        "default: the outputs named out and aux; env SEGSTREAM_HEAD: comma-separated list)",
     )
     p.add_argument(
         "--host",
@@ -281,9 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The ServerConfig of parsed flags; raises ConfigError for values that cannot work."""
-    texts = args.model or [t for t in env_default("model", "").split(",") if t]
+    texts = args.model or _env_list("model")
+    models = with_model_options(
+        [ModelSpec.parse(t) for t in texts], args.classes or _env_list("classes"), args.head or _env_list("head")
+    )
     return ServerConfig(
-        models=tuple(ModelSpec.parse(t) for t in texts),
+        models=models,
         host=args.host,
         port=args.port,
         size=args.size,
@@ -319,6 +340,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def _env_list(name: str) -> list[str]:
+    return [t for t in env_default(name, "").split(",") if t]
+
+
 async def _serve(config: ServerConfig, grace: float, loop_name: str) -> None:
     from segstream.server.app import SegstreamServer
 
@@ -352,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs segstream-server until SIGTERM/SIGINT: 0 when stopped, 1 when it cannot serve, 2 for bad settings."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    require_server_extra("segstream-server")  # --help works without the server extra; serving does not
     try:
         config = config_from_args(args)
     except ConfigError as exc:

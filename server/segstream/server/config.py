@@ -8,8 +8,8 @@ are read where the server builds its credentials (segstream.server.security).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,8 @@ from segstream.wire.codec import DEFAULT_MAX_PIXELS
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "tensorrt")
+# The heads a model may serve (segstream.server.engine.HEADS; kept here so config imports no engine).
+HEAD_NAMES: tuple[str, ...] = ("out", "aux")
 
 
 class ConfigError(ValueError):
@@ -29,10 +31,17 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model to serve: a name clients address it by and the ONNX file."""
+    """One model to serve: a name clients address it by, the ONNX file, and how to read it.
+
+    `classes_file` names the classes of a model whose file does not (--classes, see
+    segstream.models.classes); `head_outputs` serves a head from a graph output of another name
+    (--head), as (head, output) pairs.
+    """
 
     name: str
     path: Path
+    classes_file: Path | None = None
+    head_outputs: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
@@ -43,6 +52,55 @@ class ModelSpec:
         if not name or not path:
             raise ConfigError(f"--model {text!r}: expected PATH or NAME=PATH")
         return cls(name=name, path=Path(path))
+
+    def output_of(self, head: str) -> str:
+        """The graph output head `head` is served from: its --head mapping, else the output of its own name."""
+        return dict(self.head_outputs).get(head, head)
+
+
+def with_model_options(
+    models: Sequence[ModelSpec], classes: Sequence[str] = (), heads: Sequence[str] = ()
+) -> tuple[ModelSpec, ...]:
+    """The models with their --classes [MODEL=]FILE and --head [MODEL:]HEAD=OUTPUT options attached.
+
+    MODEL may be left out when one model is served. Raises ConfigError for an option that names no
+    served model, a head other than out/aux, or a model given two class files.
+    """
+    specs = {spec.name: spec for spec in models}
+    for text in classes:
+        name, sep, path = text.partition("=")
+        if not sep:
+            name, path = "", text
+        spec = _named(specs, name, "--classes", text, "MODEL=FILE")
+        if not path:
+            raise ConfigError(f"--classes {text!r}: expected FILE or MODEL=FILE")
+        if spec.classes_file is not None:
+            raise ConfigError(f"--classes: model {spec.name} is given two class files; give one")
+        specs[spec.name] = replace(spec, classes_file=Path(path))
+    for text in heads:
+        target, sep, output = text.partition("=")
+        name, _, head = target.rpartition(":")
+        if not sep or not head or not output:
+            raise ConfigError(f"--head {text!r}: expected HEAD=OUTPUT or MODEL:HEAD=OUTPUT, e.g. out=logits")
+        if head not in HEAD_NAMES:
+            raise ConfigError(f"--head {text!r}: the heads are {' and '.join(HEAD_NAMES)}, not {head!r}")
+        spec = _named(specs, name, "--head", text, "MODEL:HEAD=OUTPUT")
+        if head in dict(spec.head_outputs):
+            raise ConfigError(f"--head: head {head} of model {spec.name} is mapped twice; map it once")
+        specs[spec.name] = replace(spec, head_outputs=(*spec.head_outputs, (head, output)))
+    return tuple(specs[spec.name] for spec in models)
+
+
+def _named(specs: Mapping[str, ModelSpec], name: str, flag: str, text: str, form: str) -> ModelSpec:
+    if not name:
+        if len(specs) != 1:
+            raise ConfigError(f"{flag} {text!r}: several models are served; name one as {form}")
+        return next(iter(specs.values()))
+    spec = specs.get(name)
+    if spec is None:
+        served = ", ".join(specs) or "none"
+        raise ConfigError(f"{flag} {text!r}: no model is named {name!r} (models: {served}); name one as {form}")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -122,6 +180,11 @@ class ServerConfig:
                 raise ConfigError(
                     f"model file {spec.path} does not exist: run 'segstream-models fetch fcn-resnet50' "
                     "or 'segstream-models build resnet50 --out PATH'"
+                )
+            if spec.classes_file is not None and not spec.classes_file.is_file():
+                raise ConfigError(
+                    f"--classes {spec.name}={spec.classes_file}: no such file "
+                    "(one class name per line, see docs/models.md)"
                 )
         if self.device not in DEVICES:
             raise ConfigError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")

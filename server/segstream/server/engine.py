@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from segstream.models.classes import ClassList
 
 F32Array = npt.NDArray[np.float32]
 U8Array = npt.NDArray[np.uint8]
@@ -51,6 +54,11 @@ class Model(Protocol):
     @property
     def num_classes(self) -> int:
         """Classes its label maps hold."""
+        ...
+
+    @property
+    def classes(self) -> ClassList:
+        """Its class names and colours, `num_classes` of each (see segstream.server.contract)."""
         ...
 
     @property

@@ -2,6 +2,12 @@
 
 Each server owns its registry, so several servers in one process (tests, benchmarks) never
 share counters; `serve_http` exposes it on --metrics-port.
+
+Frames are conserved, per model: every frame a stream or SegmentImage call receives counts once
+in `segstream_frames_received` and, once its fate is known, once in exactly one of
+`segstream_frames_answered`, `segstream_frames_failed` (answered with an error) and
+`segstream_frames_dropped` (no answer: stale under LATEST, or cancelled because its stream or call
+ended first). So received = answered + failed + dropped + the frames still in flight.
 """
 
 from __future__ import annotations
@@ -26,10 +32,19 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.received = Counter("segstream_frames_received", "Frames received", ["model"], registry=r)
+        self.received = Counter(
+            "segstream_frames_received",
+            "Frames received; each also counts once as answered, failed or dropped",
+            ["model"],
+            registry=r,
+        )
         self.answered = Counter("segstream_frames_answered", "Frames answered with a result", ["model"], registry=r)
         self.dropped = Counter(
-            "segstream_frames_dropped", "Stale frames dropped (LATEST policy)", ["model"], registry=r
+            "segstream_frames_dropped",
+            "Frames never answered: stale (replaced by a newer one, LATEST policy) or cancelled (their stream "
+            "or call ended first)",
+            ["model", "reason"],
+            registry=r,
         )
         self.failed = Counter(
             "segstream_frames_failed", "Frames answered with an error", ["model", "reason"], registry=r
@@ -70,6 +85,10 @@ class Metrics:
         ):
             self.stage.labels(name).observe(ms / 1e3)
 
+    def tally(self, model: str) -> FrameTally:
+        """The counts of one stream or SegmentImage call of `model`, kept in step with these metrics."""
+        return FrameTally(self, model)
+
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
         """Starts the /metrics endpoint; returns the bound port (useful with port 0).
 
@@ -90,3 +109,41 @@ class Metrics:
             server.server_close()
             thread.join(timeout=5)
             self._http = None
+
+
+class FrameTally:
+    """The frames of one stream (or SegmentImage call): received = answered + failed + dropped once it ends.
+
+    `arrived` and `dropped` also count in the server's metrics; `done` counts only here, since the
+    pipeline counts each frame it answers in the metrics itself (`Metrics.frame_done`).
+    """
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._metrics = metrics
+        self.model = model
+        self.received = 0
+        self.answered = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def arrived(self) -> None:
+        """One more frame received."""
+        self.received += 1
+        self._metrics.received.labels(self.model).inc()
+
+    def drop(self, reason: str) -> None:
+        """A received frame that will get no answer, and why ("stale" or "cancelled")."""
+        self.dropped += 1
+        self._metrics.dropped.labels(self.model, reason).inc()
+
+    def done(self, response: pb.SegmentResponse) -> None:
+        """A received frame answered by the pipeline: with a result, or with an error."""
+        if response.HasField("error"):
+            self.failed += 1
+        else:
+            self.answered += 1
+
+    def __str__(self) -> str:
+        return (
+            f"{self.received} frames received, {self.answered} answered, {self.failed} failed, {self.dropped} dropped"
+        )

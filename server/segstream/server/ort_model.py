@@ -31,10 +31,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from segstream.models.classes import ClassList
 from segstream.models.graph import is_synthetic
 from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, LOGITS, OUTPUT_SIZE, serving_graph
 from segstream.server.buckets import Bucket
 from segstream.server.config import Device, ModelSpec
+from segstream.server.contract import check_model
 from segstream.server.engine import HEADS, BatchResult, EngineError, U8Array
 from segstream.server.gpu_options import CUDA, TENSORRT, GpuOptions, serializes_runs, session_count
 from segstream.server.providers import CPU, check_loaded, provider_list
@@ -83,6 +85,9 @@ class OrtModel:
     ) -> None:
         """Loads the model's serving graphs; raises EngineError saying what to check.
 
+        The model must meet segstream.server.contract (one image input, logits heads, named
+        classes); `heads` are the heads to serve where the model has them.
+
         `buckets` are the server's --buckets: CUDA graphs need them and TensorRT builds its profile from them.
 
         `cpu_resize_in_graph` makes the CPU provider resize the logits in the graph as GPU providers
@@ -98,12 +103,12 @@ class OrtModel:
             proto = onnx.load(str(spec.path))
         except Exception as exc:
             raise EngineError(f"model {spec.name}: cannot read {spec.path}: {exc}") from exc
-        outputs = [o.name for o in proto.graph.output]
-        self._heads = tuple(h for h in heads if h in outputs)
-        if not self._heads:
-            raise EngineError(f"model {spec.name}: none of the heads {list(heads)} among outputs {outputs}")
+        # Refuses, with the contract, a model whose input, outputs or classes do not fit.
+        served = check_model(proto, spec, heads)
+        self._heads = served.heads
+        self._outputs = dict(served.outputs)
+        self._classes = served.classes
         self._synthetic = is_synthetic(proto)
-        self._num_classes = _num_classes(proto, self._heads[0])
         try:
             self._providers = provider_list(device, gpu, max_batch, buckets)
         except EngineError as exc:
@@ -166,7 +171,7 @@ class OrtModel:
         try:
             if graph is None:
                 graph = self._graph_bytes[head] = _serving_bytes(
-                    self._proto, head, self._float16, resize_in_graph=not self._host_upsample
+                    self._proto, self._outputs[head], self._float16, resize_in_graph=not self._host_upsample
                 )
             return ort.InferenceSession(graph, self._options, providers=self._providers)
         except EngineError as exc:
@@ -192,7 +197,17 @@ class OrtModel:
     @property
     def num_classes(self) -> int:
         """Classes its label maps hold."""
-        return self._num_classes
+        return len(self._classes)
+
+    @property
+    def classes(self) -> ClassList:
+        """Its class names and colours: from its file's metadata, its --classes file, or Pascal VOC's."""
+        return self._classes
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """The graph output each head is served from (a --head mapping, else the head's own name)."""
+        return dict(self._outputs)
 
     @property
     def synthetic(self) -> bool:
@@ -402,16 +417,16 @@ def _upsample(binding: _Binding) -> None:
     io.bind_output(LOGITS, "cpu")
 
 
-def _serving_bytes(proto: onnx.ModelProto, head: str, float16: bool, resize_in_graph: bool = True) -> bytes:
+def _serving_bytes(proto: onnx.ModelProto, output: str, float16: bool, resize_in_graph: bool = True) -> bytes:
     if float16:
         from segstream.models.fp16 import Float16Unavailable, fcn_to_float16
         from segstream.models.graph import keep_outputs
 
         try:
-            proto = fcn_to_float16(keep_outputs(proto, [head]))
+            proto = fcn_to_float16(keep_outputs(proto, [output]))
         except Float16Unavailable as exc:
             raise EngineError(f"--fp16: {exc}") from exc
-    return bytes(serving_graph(proto, head, resize_in_graph).SerializeToString())
+    return bytes(serving_graph(proto, output, resize_in_graph).SerializeToString())
 
 
 def _prepare_tensorrt(model: str, gpu: GpuOptions, buckets: Sequence[Bucket]) -> None:
@@ -432,12 +447,3 @@ def _prepare_tensorrt(model: str, gpu: GpuOptions, buckets: Sequence[Bucket]) ->
 
 def _provider_name(provider: str | tuple[str, Any]) -> str:
     return provider if isinstance(provider, str) else provider[0]
-
-
-def _num_classes(proto: onnx.ModelProto, head: str) -> int:
-    for output in proto.graph.output:
-        if output.name == head:
-            dims = output.type.tensor_type.shape.dim
-            if len(dims) == 4 and dims[1].HasField("dim_value"):
-                return int(dims[1].dim_value)
-    return 21

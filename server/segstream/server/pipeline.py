@@ -77,7 +77,7 @@ class Pipeline:
         response = stages.response_for(frame, settings)
         timings = response.timings
         metrics = self.metrics
-        metrics.received.labels(settings.model).inc()
+        # The caller counts the frame received (metrics.FrameTally), and dropped should it cancel this.
         metrics.inflight.inc()
         # Time between the frame's arrival and now was spent waiting (a LATEST stream's frame
         # waits for a place in the engine): it counts as queueing, not decoding.

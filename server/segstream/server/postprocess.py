@@ -39,11 +39,13 @@ def postprocess(
     image: U8Array,
     spec: OutputSpec,
     response: pb.SegmentResponse,
+    palette: U8Array | None = None,
 ) -> None:
     """Fill the requested result fields of `response`.
 
     `labels` is the HxW class-id map at the output resolution and `image` the RGB frame at that
-    same resolution (for the overlay).
+    same resolution (for the overlay). `palette` is the model's 256-entry colour table
+    (segstream.wire.palette.palette_table); None colours with the generated palette of `num_classes`.
     """
     if spec.wants(pb.OUTPUT_CONFIDENCE):
         response.confidence = confidence
@@ -54,7 +56,7 @@ def postprocess(
     if spec.wants(pb.OUTPUT_LABEL_MASK):
         response.label_mask.CopyFrom(codec.encode_mask(labels, spec.mask_encoding))
     if spec.wants(pb.OUTPUT_COLOR_MASK) or spec.wants(pb.OUTPUT_OVERLAY):
-        color = colorize(labels, num_classes)
+        color = colorize(labels, num_classes) if palette is None else palette[labels]
         if spec.wants(pb.OUTPUT_COLOR_MASK):
             response.color_mask.CopyFrom(codec.encode_image(color, spec.image_encoding, spec.jpeg_quality))
         if spec.wants(pb.OUTPUT_OVERLAY):

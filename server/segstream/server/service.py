@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -19,14 +20,13 @@ from segstream.server.errors import (
     TooManyStreamsError,
     status_for,
 )
-from segstream.server.metrics import Metrics
+from segstream.server.metrics import FrameTally, Metrics
 from segstream.server.pipeline import Pipeline
 from segstream.server.stages import StreamSettings
-from segstream.server.streams import RequestReader, latest, ordered
+from segstream.server.streams import CANCELLED, RequestReader, latest, ordered
 from segstream.server.untrusted import clip
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
-from segstream.wire.palette import VOC_CLASSES, voc_palette
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         log_extra = {"stream": stream, "peer": clip(context.peer())}
         self._opened()
         answered = 0
+        tally: FrameTally | None = None
         reader = RequestReader(self.draining, self._idle_timeout)
         try:
             messages = reader.read(requests)
@@ -95,22 +96,25 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             log.info(
                 "stream %d opened: model %s, %s", stream, settings.model, _policy_name(settings.policy), extra=log_extra
             )
-            frames = _frames(messages, None if first.HasField("config") else first)
+            # Each frame counts as received here, then as answered, failed or dropped (see streams).
+            tally = metrics.tally(settings.model)
+            frames = _frames(messages, None if first.HasField("config") else first, tally.arrived)
 
             async def process(frame: pb.Frame, received: float) -> pb.SegmentResponse:
-                return await pipeline.process(frame, settings, received)
-
-            def dropped() -> None:
-                metrics.dropped.labels(settings.model).inc()
+                response = await pipeline.process(frame, settings, received)
+                tally.done(response)
+                return response
 
             policy = (
-                latest(frames, process, dropped, pipeline.admission)
+                latest(frames, process, tally.drop, pipeline.admission)
                 if settings.policy == pb.FRAME_POLICY_LATEST
-                else ordered(frames, process, self._inflight)
+                else ordered(frames, process, self._inflight, tally.drop)
             )
-            async for response in policy:
-                answered += 1
-                yield response
+            # Closed as soon as this stream is: frames it still holds are counted dropped right away.
+            async with contextlib.aclosing(policy) as responses:
+                async for response in responses:
+                    answered += 1
+                    yield response
             if reader.drained:
                 raise NotReadyError(
                     f"the server is shutting down; the {answered} frames it received were answered: reconnect"
@@ -121,7 +125,8 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             await context.abort(code, message)
         finally:
             self._closed()
-            log.info("stream %d closed after %d responses", stream, answered, extra=log_extra)
+            counts = f"; {tally}" if tally is not None else ""
+            log.info("stream %d closed after %d responses%s", stream, answered, counts, extra=log_extra)
 
     def _opened(self) -> None:
         self.open_streams += 1
@@ -148,8 +153,13 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         # Counted from here to the answer, however the call ends (a client that cancels included):
         # no await between the check above and this increment, so the limit cannot be overrun.
         self._unary_changed(+1)
+        tally = self._metrics.tally(settings.model)
+        tally.arrived()
         try:
             return await pipeline.process(request.frame, settings, time.perf_counter())
+        except asyncio.CancelledError:
+            tally.drop(CANCELLED)
+            raise
         finally:
             self._unary_changed(-1)
 
@@ -166,13 +176,13 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             # An empty list would read as "this server serves no models" rather than "wait a moment".
             await context.abort(grpc.StatusCode.UNAVAILABLE, LOADING)
         response = pb.ListModelsResponse()
-        palette = voc_palette()
         shaping = pipeline.shaping
         for name, model in pipeline.models.items():
+            classes = model.classes
             response.models.add(
                 name=name,
-                class_names=VOC_CLASSES[: model.num_classes],
-                palette=[pb.Color(r=int(r), g=int(g), b=int(b)) for r, g, b in palette[: model.num_classes]],
+                class_names=classes.names,
+                palette=[pb.Color(r=int(r), g=int(g), b=int(b)) for r, g, b in classes.palette],
                 inference_size=shaping.size,
                 execution_provider=model.provider,
                 heads=[_HEADS[h] for h in model.heads],
@@ -208,12 +218,17 @@ class SegmentationService(pb_grpc.SegmentationServicer):
 
 
 async def _frames(
-    requests: AsyncIterator[pb.SegmentRequest], first: pb.SegmentRequest | None
+    requests: AsyncIterator[pb.SegmentRequest], first: pb.SegmentRequest | None, arrived: Callable[[], None]
 ) -> AsyncIterator[pb.Frame]:
+    """The stream's frames, each counted by `arrived` as it is handed on."""
     if first is not None:
-        yield _frame_of(first)
+        frame = _frame_of(first)
+        arrived()
+        yield frame
     async for request in requests:
-        yield _frame_of(request)
+        frame = _frame_of(request)
+        arrived()
+        yield frame
 
 
 def _frame_of(request: pb.SegmentRequest) -> pb.Frame:

@@ -174,6 +174,7 @@ def finish(model: Model, result: BatchResult, index: int, prepared: Prepared, re
         prepared.image,
         prepared.settings.spec,
         response,
+        model.classes.table,
     )
 
 

@@ -3,6 +3,11 @@
 Both bound what one stream can hold: ORDERED stops reading while `window` frames are in flight,
 which lets HTTP/2 flow control push back on the client; LATEST keeps one frame running and one
 waiting, and drops (and counts) a waiting frame when a newer one arrives.
+
+Every frame a policy reads is either handed to `process`, which answers it (with a result or an
+error), or reported to `on_drop` once, with the reason: STALE (LATEST: a newer frame replaced it)
+or CANCELLED (the stream ended first: the client cancelled or went away while the frame waited or
+was being processed). So a stream's frames read = answered + failed + dropped, whatever ends it.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from segstream.server.admission import LiveAdmission
@@ -19,25 +24,54 @@ from segstream.v1 import segmentation_pb2 as pb
 
 # Segments one frame; the float is when the frame arrived (time.perf_counter()).
 Process = Callable[[pb.Frame, float], Coroutine[Any, Any, pb.SegmentResponse]]
+# Hears of one frame that will get no answer, with the reason (STALE or CANCELLED).
+OnDrop = Callable[[str], None]
+
+STALE = "stale"
+CANCELLED = "cancelled"
+
+
+def _ignore(reason: str) -> None:
+    pass
+
 
 _END = object()
 
 
-async def ordered(frames: AsyncIterator[pb.Frame], process: Process, window: int) -> AsyncIterator[pb.SegmentResponse]:
-    """Every frame, answered in order, with at most `window` of them in flight."""
+async def ordered(
+    frames: AsyncIterator[pb.Frame], process: Process, window: int, on_drop: OnDrop | None = None
+) -> AsyncGenerator[pb.SegmentResponse, None]:
+    """Every frame, answered in order, with at most `window` of them in flight.
+
+    A frame still waiting for a slot, or whose processing is cancelled, when the stream ends is
+    reported to `on_drop` as CANCELLED.
+    """
+    drop = on_drop or _ignore
     slots = asyncio.Semaphore(window)
     queue: asyncio.Queue[asyncio.Task[pb.SegmentResponse] | object] = asyncio.Queue()
+
+    def settled(task: asyncio.Task[pb.SegmentResponse]) -> None:
+        # Also for a task cancelled before it started: its frame was read all the same.
+        if task.cancelled():
+            drop(CANCELLED)
 
     async def read() -> None:
         try:
             async for frame in frames:
                 received = time.perf_counter()
-                await slots.acquire()
-                queue.put_nowait(asyncio.create_task(process(frame, received)))
+                try:
+                    await slots.acquire()
+                except asyncio.CancelledError:
+                    drop(CANCELLED)
+                    raise
+                task = asyncio.create_task(process(frame, received))
+                task.add_done_callback(settled)
+                queue.put_nowait(task)
         finally:
             queue.put_nowait(_END)
 
     reader = asyncio.create_task(read())
+    item: object = None
     try:
         while (item := await queue.get()) is not _END:
             assert isinstance(item, asyncio.Task)
@@ -47,20 +81,25 @@ async def ordered(frames: AsyncIterator[pb.Frame], process: Process, window: int
         await reader  # surfaces a stream error the reader met
     finally:
         reader.cancel()
+        unanswered = [item] if isinstance(item, asyncio.Task) and not item.done() else []
         while not queue.empty():
             pending = queue.get_nowait()
             if isinstance(pending, asyncio.Task):
                 pending.cancel()
+                unanswered.append(pending)
         with contextlib.suppress(BaseException):
             await reader
+        if unanswered:  # their drops are counted once they have ended
+            with contextlib.suppress(BaseException):
+                await asyncio.wait(unanswered)
 
 
 async def latest(
     frames: AsyncIterator[pb.Frame],
     process: Process,
-    on_drop: Callable[[], None] | None = None,
+    on_drop: OnDrop | None = None,
     admission: LiveAdmission | None = None,
-) -> AsyncIterator[pb.SegmentResponse]:
+) -> AsyncGenerator[pb.SegmentResponse, None]:
     """Newest frame wins.
 
     `admission`, shared by every LATEST stream of a server, holds one place per frame the engine
@@ -69,6 +108,7 @@ async def latest(
     would only grow old: latency stays near one inference however many live streams share it.
     """
     places = admission or LiveAdmission(1)
+    drop = on_drop or _ignore
     me = object()  # this stream, to the admission
     waiting: tuple[pb.Frame, float] | None = None
     dropped = 0
@@ -84,8 +124,7 @@ async def latest(
             async for frame in frames:
                 if waiting is not None:
                     dropped += 1
-                    if on_drop is not None:
-                        on_drop()
+                    drop(STALE)
                 waiting = (frame, time.perf_counter())
                 arrived.set()
         finally:
@@ -107,7 +146,11 @@ async def latest(
                 if waiting is None:  # only this loop takes frames, but stay safe
                     continue
                 (frame, received), waiting = waiting, None
-                response = await process(frame, received)
+                try:
+                    response = await process(frame, received)
+                except asyncio.CancelledError:
+                    drop(CANCELLED)
+                    raise
             finally:
                 places.release()
             response.dropped_frames = dropped
@@ -118,6 +161,8 @@ async def latest(
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader
+        if waiting is not None:  # read, but the stream ended before it could run
+            drop(CANCELLED)
 
 
 class RequestReader:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from segstream.bench.options import PROG, UsageError, build_parser, config_from_args
 from segstream.bench.report import render, to_json
-from segstream.bench.run import run, say
 from segstream.bench.served import BenchError
 from segstream.server.engine import EngineError
+from segstream.wire.extras import require_server_extra
 
 __all__ = ["build_parser", "main"]
 
@@ -22,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark for the command line `argv` (default: sys.argv[1:]); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    require_server_extra(PROG)  # --help works without the server extra; a run does not
+    from segstream.bench.run import run, say
+
     try:
         config = config_from_args(args)
         report = run(config)

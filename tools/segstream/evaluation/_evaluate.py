@@ -99,7 +99,7 @@ def evaluate_torchvision(
             matrix.update(resize_target(target, (prediction.shape[0], prediction.shape[1])), prediction)
             accuracy = matrix.pixel_accuracy()
             if accuracy is not None:
-                bar.set_postfix_str(f"pixel acc {100 * float(accuracy):.1f}", refresh=False)
+                bar.set_postfix_str(f"pixel acc {100 * float(accuracy):.1f}%", refresh=False)
     return TorchvisionResult(len(samples), matrix)
 
 
@@ -121,5 +121,5 @@ def evaluate_zoo(samples: Sequence[Sample], predictor: Predictor, *, progress: b
             score = zoo_image_score(instance_masks(sample), prediction, sample.image_id)
             result.accumulator.update(score)
             running += float(score.iou)
-            bar.set_postfix_str(f"mean IoU {100 * running / result.images:.1f}", refresh=False)
+            bar.set_postfix_str(f"mean IoU {100 * running / result.images:.1f}%", refresh=False)
     return result

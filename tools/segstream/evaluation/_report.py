@@ -30,6 +30,11 @@ def _percent(value: Fraction | None, width: int = 0) -> str:
     return f"{'nan':>{width}}" if value is None else f"{100 * float(value):{width}.2f}"
 
 
+def _share(value: Fraction | None) -> str:
+    """A summary figure as a percentage with its sign, "60.50%"; nan when undefined."""
+    return "nan" if value is None else f"{_percent(value)}%"
+
+
 def _class_name(index: int) -> str:
     return VOC_CLASSES[index] if index < len(VOC_CLASSES) else f"class {index}"
 
@@ -61,11 +66,11 @@ def _torchvision_lines(result: TorchvisionResult, size: int) -> list[str]:
         lines += [
             f"  mean IoU          nan (as torchvision reports it: {len(iou) - present} of {len(iou)} classes are "
             "in neither ground truth nor predictions)",
-            f"  mean IoU, present {_percent(matrix.mean_iou_present())} (over the other {present} classes)",
+            f"  mean IoU, present {_share(matrix.mean_iou_present())} (over the other {present} classes)",
         ]
     else:
-        lines.append(f"  mean IoU          {_percent(mean)}")
-    lines += [f"  pixel accuracy    {_percent(matrix.pixel_accuracy())}", ""]
+        lines.append(f"  mean IoU          {_share(mean)}")
+    lines += [f"  pixel accuracy    {_share(matrix.pixel_accuracy())}", ""]
     lines.append(f"  {'class':<16}{'IoU %':>8}{'acc %':>8}{'truth px':>14}{'predicted px':>14}")
     rows = zip(iou, matrix.class_accuracy(), matrix.target_pixels, matrix.predicted_pixels, strict=True)
     for index, (class_iou, accuracy, truth, predicted) in enumerate(rows):
@@ -79,13 +84,14 @@ def _zoo_lines(result: ZooResult) -> list[str]:
     return [
         "Protocol 2, ONNX model zoo notebook: per-image IoU pooled over the 20 foreground classes (no resize)",
         f"  images            {result.images} ({result.skipped} without a VOC instance skipped)",
-        f"  mean IoU          {_percent(result.mean_iou())}",
-        f"  pixel accuracy    {_percent(result.pixel_accuracy())} (true negatives of all 20 class channels count)",
+        f"  mean IoU          {_share(result.mean_iou())}",
+        f"  pixel accuracy    {_share(result.pixel_accuracy())} (true negatives of all 20 class channels count)",
     ]
 
 
 def to_json(report: Report) -> dict[str, Any]:
-    """Plain JSON values; fractions (0..1) as floats, undefined ones (torchvision's nan) as null."""
+    """Plain JSON values; IoU and accuracy as fractions of 1 (0.605, where the text shows 60.50%) in floats,
+    undefined ones (torchvision's nan) as null; docs/evaluation.md lists every field."""
     out: dict[str, Any] = {
         "model": asdict(report.model),
         "synthetic": report.model.synthetic,

@@ -19,7 +19,7 @@ from pathlib import Path
 from segstream.client import SegstreamError
 from segstream.client._cli_security import add_security_options, security_kwargs
 from segstream.client._cli_support import CliError
-from segstream.evaluation._coco import DatasetError, load_dataset
+from segstream.evaluation._coco import DatasetError, check_dataset, load_dataset
 from segstream.evaluation._evaluate import TorchvisionResult, ZooResult, evaluate_torchvision, evaluate_zoo
 from segstream.evaluation._predictors import (
     EnginePredictor,
@@ -30,6 +30,7 @@ from segstream.evaluation._predictors import (
 )
 from segstream.evaluation._report import Report, format_text, to_json
 from segstream.wire.argparsing import OneLineParser
+from segstream.wire.extras import ONNX_RUNTIME, require_server_extra
 
 PROG = "segstream-eval"
 PROTOCOLS = ("torchvision", "zoo", "both")
@@ -198,6 +199,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     samples = load_dataset(args.annotations, args.images, args.limit)
     if not samples:
         raise CliError(f"{args.annotations}: no images to evaluate")
+    # Every image and annotation is checked before the model loads: a missing last image would
+    # otherwise end a long run at its very end, and only one problem would be reported.
+    check_dataset(samples)
     progress = not args.no_progress
     with ExitStack() as stack:
         run = _Run(args, stack)
@@ -228,6 +232,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate for the command line `argv` (default: sys.argv[1:]); returns the exit status."""
     args = build_parser(os.environ).parse_args(argv)
+    if args.model is not None:  # runs the model in-process with ONNX Runtime: the server extra
+        require_server_extra(PROG, ONNX_RUNTIME)
     try:
         return _evaluate(args)
     except (CliError, DatasetError) as exc:
