@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
 from segstream.server import stages
+from segstream.server.app import live_workers, worker_count
+from segstream.server.config import ModelSpec, ServerConfig
 from segstream.server.engine import BatchResult, U8Array
 from segstream.server.errors import InvalidConfigError
 from segstream.server.frame_limits import FrameLimits
 from segstream.server.pipeline import Pipeline
+from segstream.server.providers import CPU
 from segstream.server.stages import Shaping, StreamSettings
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.wire import codec
@@ -222,6 +228,25 @@ async def test_live_places_are_what_the_workers_run_in_full_batches(model: Batch
     built = make(model, workers=3, max_batch=2)
     try:
         assert built.admission.capacity == 6
+    finally:
+        await built.close()
+
+
+async def test_on_a_cpu_two_workers_share_the_cores_and_live_frames_run_one_at_a_time(
+    model: BatchRecordingModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert model.provider == CPU
+    (tmp_path / "m.onnx").touch()
+    config = ServerConfig(models=(ModelSpec("gated", tmp_path / "m.onnx"),))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert worker_count(config, {"gated": model}) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert worker_count(config, {"gated": model}) == 1
+    assert worker_count(replace(config, workers=3), {"gated": model}) == 3  # --workers wins
+    assert live_workers({"gated": model}, 2) == 1
+    built = Pipeline({"gated": model}, "gated", SHAPING, workers=2, max_batch=2, live_workers=1)
+    try:
+        assert built.admission.capacity == 2  # one worker's full batch of live frames
     finally:
         await built.close()
 

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         "--workers",
         _DEFAULT.workers,
-        f"inference worker threads (default {_DEFAULT.workers}: 1 on CPU, 2 on GPU)",
+        f"inference worker threads (default {_DEFAULT.workers}: 2, or 1 on a one-core CPU; on a CPU "
+        "LATEST frames still run one at a time)",
         type=int,
     )
     env_option(

@@ -48,6 +48,7 @@ class Pipeline:
         workers: int = 1,
         max_batch: int = 1,
         max_delay_s: float = 0.0,
+        live_workers: int | None = None,
         metrics: Metrics | None = None,
         on_engine_failure: Callable[[int], None] | None = None,
     ) -> None:
@@ -55,6 +56,7 @@ class Pipeline:
 
         `on_engine_failure` hears, on the event loop, the count of consecutive frames lost to
         engine failures each time one more is lost; the server turns unhealthy past a limit.
+        `live_workers` (default: all of them) is how many workers' batches LATEST frames may fill at once.
         """
         self.models: Mapping[str, Model] = dict(models)
         self.default_model = default_model
@@ -63,7 +65,7 @@ class Pipeline:
         self._on_engine_failure = on_engine_failure
         self.engine_failures = 0
         # As many live frames as the workers can run in full batches; more would only queue.
-        self.admission = LiveAdmission(workers * max_batch)
+        self.admission = LiveAdmission(min(workers, live_workers or workers) * max_batch)
         self._decode_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="segstream-decode")
         self.batcher = Batcher(self._run_batch, workers, max_batch, max_delay_s)
         self.batcher.start()
