@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
@@ -61,3 +62,18 @@ def server_factory(tiny_model: Path) -> ServerFactory:
             await server.stop(grace=1.0)
 
     return start
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    """Puts the root logger back after a test whose main() pointed it at the test's captured stderr.
+
+    That stderr is closed once the test ends; an earlier test's main() may also have left a handler
+    on its own closed stream, which is dropped first.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers[:] = [h for h in handlers if not getattr(getattr(h, "stream", None), "closed", False)]
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

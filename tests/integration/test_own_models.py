@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -42,14 +42,8 @@ CONTRACT_WORDS = (
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() points the root logger at this test's captured stderr, closed once the test ends."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    root.handlers[:] = [h for h in handlers if not getattr(getattr(h, "stream", None), "closed", False)]
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def _restore_logging(restore_root_logging: None) -> None:
+    """main() points the root logger at this test's captured stderr (see tests/conftest.py)."""
 
 
 def _config(*argv: str) -> ServerConfig:

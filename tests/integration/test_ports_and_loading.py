@@ -3,7 +3,6 @@ one line, and a server still loading says so."""
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,15 +26,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() points the root logger at this test's captured stderr, closed once the test ends."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    # An earlier test's main() may have left one pointing at its own, closed, stderr.
-    root.handlers[:] = [h for h in handlers if not getattr(getattr(h, "stream", None), "closed", False)]
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def _restore_logging(restore_root_logging: None) -> None:
+    """main() points the root logger at this test's captured stderr (see tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -39,8 +39,7 @@ class FrameInput:
     def __post_init__(self) -> None:
         if not isinstance(self.image, np.ndarray):
             raise TypeError(f"FrameInput.image must be a numpy array, got {type(self.image).__name__}")
-        if self.frame_id is not None and not 0 <= self.frame_id <= _MAX_FRAME_ID:
-            raise ValueError(f"FrameInput.frame_id must be from 0 to 2**64-1; got {self.frame_id}")
+        _check_frame_id("FrameInput", self.frame_id)
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,8 +61,12 @@ class EncodedFrame:
             raise TypeError(f"EncodedFrame.data must be bytes, got {type(self.data).__name__}")
         if image_kind(self.data) is None:
             raise ValueError(f"EncodedFrame.data ({len(self.data)} bytes) is neither a JPEG nor a PNG file")
-        if self.frame_id is not None and not 0 <= self.frame_id <= _MAX_FRAME_ID:
-            raise ValueError(f"EncodedFrame.frame_id must be from 0 to 2**64-1; got {self.frame_id}")
+        _check_frame_id("EncodedFrame", self.frame_id)
+
+
+def _check_frame_id(kind: str, frame_id: int | None) -> None:
+    if frame_id is not None and not 0 <= frame_id <= _MAX_FRAME_ID:
+        raise ValueError(f"{kind}.frame_id must be from 0 to 2**64-1; got {frame_id}")
 
 
 FrameLike: TypeAlias = U8Array | FrameInput | EncodedFrame

@@ -29,7 +29,7 @@ from segstream.models.graph import (
     output_channels,
     output_names,
 )
-from segstream.wire.argparsing import OneLineParser
+from segstream.wire.argparsing import OneLineParser, positive_seconds
 
 PROG = "segstream-models"
 MODEL_DIR_ENV = "SEGSTREAM_MODEL_DIR"
@@ -67,16 +67,6 @@ def _seed(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be a positive number of seconds")
-    return value
-
-
 def _parser() -> OneLineParser:
     parser = OneLineParser(
         prog=PROG, description="Fetch, build, export, label and inspect segstream's segmentation models."
@@ -100,7 +90,7 @@ def _parser() -> OneLineParser:
     )
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for data before giving up on a source (default {DEFAULT_TIMEOUT:g})",
     )

@@ -18,3 +18,14 @@ class OneLineParser(argparse.ArgumentParser):
         """Exit 2 with the one-line message instead of argparse's usage block."""
         program = self.prog.split()[0]  # subcommand parsers are named "PROG SUBCOMMAND"
         self.exit(2, f"{program}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse `type` for a timeout: a positive number of seconds, else a one-line usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be a positive number of seconds")
+    return value

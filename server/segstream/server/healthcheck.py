@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from segstream.wire.argparsing import OneLineParser
+from segstream.wire.argparsing import OneLineParser, positive_seconds
 
 PROG = "segstream.server.healthcheck"
 DEFAULT_HOST = "localhost"
@@ -26,16 +26,6 @@ PORT_ENV = "SEGSTREAM_PORT"
 DEFAULT_TIMEOUT_S = 3.0
 
 _STATUS_NAMES = {number: name for name, number in health_pb2.HealthCheckResponse.ServingStatus.items()}
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be a positive number of seconds")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--timeout",
-        type=_timeout,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds to wait for the answer, connecting included (default {DEFAULT_TIMEOUT_S:g})",
     )
