@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -223,3 +224,34 @@ def test_the_path_follows_the_share_of_cells_to_refine(monkeypatch: pytest.Monke
     calls.clear()
     _host(noisy, (480, 640))  # past the pixels whose two float planes it may keep
     assert calls == []
+
+
+def test_overlapping_cpu_runs_take_the_one_thread_session_with_the_same_labels(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    model = OrtModel(ModelSpec("tiny", tiny_model), device="cpu", workers=2)
+    rgb = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    expected = model.run("out", [rgb], (96, 128)).labels.copy()
+    assert model.concurrent_runs == 0  # alone: the all-core session
+    start = threading.Barrier(2)
+    results: list[U8Array] = []
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(20):
+            results.append(model.run("out", [rgb], (96, 128)).labels.copy())
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 40
+    assert model.concurrent_runs > 0  # some runs started while the other thread's was running
+    for labels in results:
+        assert (labels == expected).mean() >= MIN_EQUAL
+    assert model.overlap_session
+    # One worker, or one thread per session anyway: no second session.
+    assert not OrtModel(ModelSpec("tiny", tiny_model), device="cpu", workers=1).overlap_session
+    assert not OrtModel(ModelSpec("tiny", tiny_model), device="cpu", threads=1, workers=2).overlap_session
