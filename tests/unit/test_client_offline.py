@@ -39,7 +39,7 @@ def test_public_names_are_sorted_and_pinned() -> None:
     assert segstream.client.__all__ == sorted(segstream.client.__all__)
     assert set(segstream.client.__all__) == {
         "AsyncSegmentationClient", "AuthenticationError", "CameraSource", "DeadlineExceededError", "FrameError",
-        "FrameInput", "FrameLike", "InvalidFrameError", "InvalidRequestError", "ModelInfo", "Reconnect",
+        "EncodedFrame", "FrameInput", "FrameLike", "InvalidFrameError", "InvalidRequestError", "ModelInfo", "Reconnect",
         "ResourceExhaustedError", "SegmentResult", "SegmentationClient", "SegstreamError", "ServerError",
         "ServerNotReadyError", "ServerUnavailableError", "StageTimings", "StreamOptions", "VideoSourceError",
     }  # fmt: skip

@@ -29,7 +29,7 @@ from segstream.client._errors import (
     ServerNotReadyError,
     ServerUnavailableError,
 )
-from segstream.client._frames import FrameInput, FrameLike
+from segstream.client._frames import EncodedFrame, FrameInput, FrameLike
 from segstream.client._options import StreamOptions
 from segstream.client._reconnect import Reconnect
 from segstream.client._results import FrameError, ModelInfo, SegmentResult, StageTimings
@@ -42,6 +42,7 @@ __all__ = [
     "AuthenticationError",
     "CameraSource",
     "DeadlineExceededError",
+    "EncodedFrame",
     "FrameError",
     "FrameInput",
     "FrameLike",

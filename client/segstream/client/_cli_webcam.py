@@ -48,7 +48,10 @@ except cv2.error:
 """
 _PROBE_NO_GUI = 3
 _PROBE_TIMEOUT_S = 15.0
-_NO_GUI = "this OpenCV build has no GUI support (install opencv-python instead of the headless build)"
+_NO_GUI = (
+    "this OpenCV build has no GUI support: install segstream[gui], then make the desktop build the one in use "
+    "(pip install --force-reinstall --no-deps opencv-python==VERSION; README.md, Install)"
+)
 
 
 def _probe_display() -> str | None:

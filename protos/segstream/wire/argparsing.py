@@ -8,6 +8,7 @@ commands report.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import NoReturn
 
 
@@ -26,6 +27,6 @@ def positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if value <= 0:
+    if not (value > 0 and math.isfinite(value)):  # nan and inf too
         raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be a positive number of seconds")
     return value

@@ -8,6 +8,10 @@ in `segstream_frames_received` and, once its fate is known, once in exactly one 
 `segstream_frames_answered`, `segstream_frames_failed` (answered with an error) and
 `segstream_frames_dropped` (no answer: stale under LATEST, or cancelled because its stream or call
 ended first). So received = answered + failed + dropped + the frames still in flight.
+
+Answered and failed count frames the pipeline finished. An ORDERED stream that ends while later
+frames are already finished (they wait behind an earlier one) does not send them, yet they count
+as answered: the work was done; cancelled counts only the frames whose work was not.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,16 +150,19 @@ class OrtModel:
         self._sessions: dict[str, list[ort.InferenceSession]] = {
             head: [session, *(self._load(head) for _ in range(count - 1))] for head, session in first.items()
         }
-        # On a CPU with several workers, a run that starts while another is running gets a session of
-        # its own thread: two runs on one all-core session cost 89-94 core-ms a frame, two one-thread
-        # runs 77-85 (2 cores, the synthetic FCN-ResNet50 at 64x85), while a run alone keeps every core.
+        # On a CPU with several workers, a run that starts while another is running gets a session with
+        # its share of the cores: two runs on one all-core session cost 89-94 core-ms a frame, two
+        # one-thread runs 77-85 (2 cores, the synthetic FCN-ResNet50 at 64x85), while a run alone
+        # keeps every core.
         self._narrow: dict[str, ort.InferenceSession] = {}
-        if self._provider == CPU and workers != 1 and threads != 1 and (os.cpu_count() or 1) >= 2:
-            self._options.intra_op_num_threads = 1
+        all_threads = threads or _cores()
+        share = max(1, all_threads // (workers or 2))
+        if self._provider == CPU and workers != 1 and share < all_threads:
+            self._options.intra_op_num_threads = share
             self._narrow = {head: self._load(head) for head in self._heads}
             self._options.intra_op_num_threads = threads
         self._running = 0
-        self.concurrent_runs = 0  # runs that started while another was running (on the one-thread session)
+        self.concurrent_runs = 0  # runs that started while another was running (on the narrower session)
         self._graph_bytes.clear()
         del self._proto
         # A session that serializes its runs anyway gets a lock, so that a CUDA graph is never
@@ -177,7 +180,7 @@ class OrtModel:
             self._provider,
             ", float16" if self._float16 else "",
             ", CUDA graphs" if self._graphs else "",
-            ", and a one-thread session for runs that overlap" if self._narrow else "",
+            f", and a {share}-thread session for runs that overlap" if self._narrow else "",
         )
 
     def _load(self, head: str) -> ort.InferenceSession:
@@ -269,13 +272,23 @@ class OrtModel:
             alone = self._running == 0
             self._running += 1
             self.concurrent_runs += not alone
+        ended = False
+
+        def ran() -> None:
+            # Counted down when the network is done, before the host upsampling: a run that starts
+            # while the other worker only upsamples has the cores to itself.
+            nonlocal ended
+            if not ended:
+                ended = True
+                with self._counter_lock:
+                    self._running -= 1
+
         try:
             index, session = (0, sessions[0]) if alone else (_NARROW, narrow)
             binding = self._binding(head, index, session, shape, output_size)
-            self._run(index, session, binding, frames)
+            self._run(index, session, binding, frames, ran)
         finally:
-            with self._counter_lock:
-                self._running -= 1
+            ran()
         return binding.result
 
     def frames_devices(self) -> set[str]:
@@ -285,7 +298,14 @@ class OrtModel:
             return set()
         return {"cpu" if b.device_frames is None else str(b.device_frames.device_name()) for b in cache.values()}
 
-    def _run(self, index: int, session: ort.InferenceSession, binding: _Binding, frames: Sequence[U8Array]) -> None:
+    def _run(
+        self,
+        index: int,
+        session: ort.InferenceSession,
+        binding: _Binding,
+        frames: Sequence[U8Array],
+        ran: Callable[[], None] | None = None,
+    ) -> None:
         for i, frame in enumerate(frames):
             binding.frames[i] = frame
         lock = self._session_locks[index] if index < len(self._session_locks) else None
@@ -304,6 +324,8 @@ class OrtModel:
         finally:
             if lock is not None:
                 lock.release()
+            if ran is not None:
+                ran()
         if self._host_upsample:
             _upsample(binding)
 
@@ -478,6 +500,12 @@ def _prepare_tensorrt(model: str, gpu: GpuOptions, buckets: Sequence[Bucket]) ->
             "the ones seen so far; pass --buckets to build one engine for all of them up front",
             model,
         )
+
+
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells it)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 def _provider_name(provider: str | tuple[str, Any]) -> str:
