@@ -101,7 +101,7 @@ class ClassList:
 
 def generated_palette(count: int) -> U8Array:
     """The colours of `count` classes named without colours: class 0 black, class k HSV (k/count, 0.75, 0.75)."""
-    return voc_palette(count)[:count]
+    return voc_palette(count)
 
 
 @cache

@@ -114,7 +114,7 @@ def _head_outputs(proto: onnx.ModelProto, spec: ModelSpec, heads: Sequence[str])
                 f"--head {spec.name}:{head}={output}: the model has no output {output!r} "
                 f"(its outputs: {', '.join(available)})",
             )
-    outputs = {h: mapping.get(h, h) for h in heads if mapping.get(h, h) in available}
+    outputs = {h: spec.output_of(h) for h in heads if spec.output_of(h) in available}
     if not outputs:
         suggestion = next((o for o in available if o not in mapping.values()), available[0] if available else "")
         raise refusal(

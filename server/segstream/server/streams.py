@@ -71,7 +71,6 @@ async def ordered(
             queue.put_nowait(_END)
 
     reader = asyncio.create_task(read())
-    item: object = None
     try:
         while (item := await queue.get()) is not _END:
             assert isinstance(item, asyncio.Task)
@@ -81,7 +80,9 @@ async def ordered(
         await reader  # surfaces a stream error the reader met
     finally:
         reader.cancel()
-        unanswered = [item] if isinstance(item, asyncio.Task) and not item.done() else []
+        # The task being awaited when the stream was cancelled has ended by now (awaiting a task
+        # passes the cancellation on and waits for it); only the queued ones are left.
+        unanswered: list[asyncio.Task[pb.SegmentResponse]] = []
         while not queue.empty():
             pending = queue.get_nowait()
             if isinstance(pending, asyncio.Task):
