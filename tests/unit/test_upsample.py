@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, LOGITS, OUTPUT_SIZE, serving_graph
-from segstream.server import upsample
+from segstream.server import label_kernel, upsample
 from segstream.server.config import ModelSpec
 from segstream.server.ort_model import OrtModel
 from segstream.server.preprocess import inference_shape, resize_rgb
@@ -88,8 +88,16 @@ SHAPES = [
 ]
 
 
-# REFINE_SHARE 0 resizes every channel wherever it may (upscaling); 2 always refines boundary pixels.
-PATHS = {"each_channel": 0.0, "refine": 2.0}
+# The compiled kernel; or without it, REFINE_SHARE 0 resizes every channel wherever it may
+# (upscaling), 2 always refines boundary pixels.
+PATHS = {"kernel": None, "each_channel": 0.0, "refine": 2.0}
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    share = PATHS[path]
+    monkeypatch.setattr(upsample, "USE_KERNEL", share is None)
+    if share is not None:
+        monkeypatch.setattr(upsample, "REFINE_SHARE", share)
 
 
 @pytest.mark.parametrize(("height", "width", "out_height", "out_width"), SHAPES)
@@ -105,7 +113,7 @@ def test_labels_match_onnx_runtime_resize_and_argmax(
     kind: str,
     path: str,
 ) -> None:
-    monkeypatch.setattr(upsample, "REFINE_SHARE", PATHS[path])
+    _use(monkeypatch, path)
     rng = np.random.default_rng(height * 1000 + width)
     if kind == "random":
         logits = (rng.standard_normal((21, height, width)) * 4).astype(np.float32)
@@ -125,7 +133,7 @@ def test_strips_and_chunks_of_any_size_give_the_same_labels(
     logits = _smooth_logits(rng, 21, 37, 53)
     logits[:, 10:20] = (rng.standard_normal((21, 10, 53)) * 3).astype(np.float32)  # a noisy band: many chunks
     expected = _reference(resize_argmax, logits, (211, 97))
-    monkeypatch.setattr(upsample, "REFINE_SHARE", PATHS["refine"])
+    _use(monkeypatch, "refine")
     for strip, source, chunk in [(97, 53 * 3, 7), (1, 1, 1), (1000, 100, 64)]:
         # One output row per strip, a strip reading a single source row, chunks of one pixel...
         monkeypatch.setattr(upsample, "STRIP_PIXELS", strip)
@@ -134,11 +142,52 @@ def test_strips_and_chunks_of_any_size_give_the_same_labels(
         np.testing.assert_array_equal(_host(logits, (211, 97)), expected)
 
 
+def test_the_kernel_gives_the_same_labels_in_strips_of_any_size(
+    resize_argmax: ort.InferenceSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert label_kernel.available()  # the server extras install Numba
+    rng = np.random.default_rng(11)
+    logits = _smooth_logits(rng, 21, 37, 53)
+    logits[:, 10:20] = (rng.standard_normal((21, 10, 53)) * 3).astype(np.float32)
+    for out in [(211, 97), (20, 30), (37, 200)]:
+        expected = _reference(resize_argmax, logits, out)
+        results = []
+        # The smallest budget: one output row per strip; the largest: the whole frame in one strip.
+        for budget in [1, 4 * 21 * 97 * 3, 1 << 30]:
+            monkeypatch.setattr(label_kernel, "STRIP_BYTES", budget)
+            results.append(_host(logits, out))
+            assert (results[-1] == expected).mean() >= MIN_EQUAL
+        for other in results[1:]:
+            np.testing.assert_array_equal(other, results[0])
+
+
+def test_the_kernel_agrees_with_the_refined_path_on_a_large_noisy_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ONNX Runtime's Resize would hold 21 x 1080 x 1920 floats here; the refined path is exact to it.
+    logits = (np.random.default_rng(5).standard_normal((21, 64, 114)) * 4).astype(np.float32)
+    kernel = _host(logits, (1080, 1920))
+    _use(monkeypatch, "refine")
+    assert (kernel == _host(logits, (1080, 1920))).mean() >= MIN_EQUAL
+
+
+def test_without_numba_the_numpy_paths_serve(
+    resize_argmax: ort.InferenceSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(label_kernel, "_KERNEL", None)
+    assert not label_kernel.available()
+    logits = (np.random.default_rng(2).standard_normal((21, 16, 20)) * 4).astype(np.float32)
+    assert (_host(logits, (120, 150)) == _reference(resize_argmax, logits, (120, 150))).mean() >= MIN_EQUAL
+    axis = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.float32), np.zeros(1, np.float32))
+    with pytest.raises(RuntimeError, match="needs Numba"):
+        label_kernel.upsample(
+            np.zeros((1, 1), np.uint8), np.zeros((2, 1, 1), np.float32), axis, axis, np.empty((1, 1), np.uint8)
+        )
+
+
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_exact_ties_go_to_the_first_class_like_argmax(
     resize_argmax: ort.InferenceSession, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    monkeypatch.setattr(upsample, "REFINE_SHARE", PATHS[path])
+    _use(monkeypatch, path)
     logits = np.zeros((4, 3, 5), np.float32)
     logits[2, 1, 2] = 1.0
     logits[3, 1, 2] = 1.0  # a tie at the source pixel itself
@@ -198,6 +247,7 @@ def test_sample_photos_get_the_labels_of_the_resizing_graph(
 
 
 def test_the_path_follows_the_share_of_cells_to_refine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upsample, "USE_KERNEL", False)
     rng = np.random.default_rng(7)
     noisy = rng.standard_normal((21, 64, 85)).astype(np.float32)
     assert upsample._boundary_share(noisy.argmax(0).astype(np.uint8)) > 0.9

@@ -20,6 +20,9 @@ Where so many cells have disagreeing sources that refining would cost more (nois
 the output is an upscale of bounded size, the channels are instead resized one at a time with OpenCV
 and the argmax kept as a running maximum (see REFINE_SHARE).
 
+Where Numba is installed, segstream.server.label_kernel does all of this in one compiled pass
+(several times faster, whatever the labels); the paths here serve where it is not.
+
 Labels can differ from ONNX Runtime's only on float near-ties of the argmax.
 
 Example:
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+from segstream.server import label_kernel
 
 U8Array = npt.NDArray[np.uint8]
 F32Array = npt.NDArray[np.float32]
@@ -59,6 +64,8 @@ CHUNK_PIXELS = 1 << 13
 # at float near-ties), and up to DENSE_PIXELS output pixels, whose two float planes it keeps.
 REFINE_SHARE = 0.06
 DENSE_PIXELS = 1 << 22
+# The compiled kernel where it is available (tests turn it off to check the other paths).
+USE_KERNEL = True
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,15 @@ def upsample_labels(labels: U8Array, logits: F32Array, out: U8Array) -> U8Array:
     if (out_height, out_width) == (height, width):
         np.copyto(out, labels)
         return out
+    if USE_KERNEL and label_kernel.available():
+        rows, cols = _axis(height, out_height), _axis(width, out_width)
+        return label_kernel.upsample(
+            np.ascontiguousarray(labels),
+            logits,
+            (rows.low, rows.high, rows.w_low, rows.w_high),
+            (cols.low, cols.high, cols.w_low, cols.w_high),
+            out,
+        )
     upscaling = out_height >= height and out_width >= width
     if upscaling and out_height * out_width <= DENSE_PIXELS and _boundary_share(labels) >= REFINE_SHARE:
         return _resize_each_channel(logits, out)
