@@ -3,8 +3,9 @@
 Client processes (tests/integration/chaos_client.py) cancel, close channels under streams, expire
 deadlines and SIGKILL themselves at random over at least 200 rounds of mixed LATEST / ORDERED
 streams and SegmentImage calls. Afterwards a fresh LATEST and a fresh ORDERED stream must each be
-answered within 2 s, the server must report no open stream and no frame in flight, and its threads
-and file descriptors must be back to their baseline. Before live admission conserved its places, a
+answered within 2 s, the server must report no open stream and no frame in flight, every frame it
+received must be counted answered, failed or dropped, and its threads and file descriptors must be
+back to their baseline. Before live admission conserved its places, a
 few such rounds left every later LATEST stream unanswered for good.
 """
 
@@ -63,6 +64,12 @@ def _eventually(check: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return check()
+
+
+def _unaccounted(server: ServerProcess) -> float:
+    """Frames received minus those answered, failed and dropped (0 once every stream has ended)."""
+    counts = {k: server.metric(f"segstream_frames_{k}_total") for k in ("received", "answered", "failed", "dropped")}
+    return counts["received"] - counts["answered"] - counts["failed"] - counts["dropped"]
 
 
 def _warm_up(server: ServerProcess) -> None:
@@ -127,6 +134,8 @@ def test_hostile_clients_leave_a_server_that_answers_and_holds_nothing(tiny_mode
         assert _eventually(lambda: server.metric("segstream_inflight_frames") == 0, 10), "frames left in flight"
         for policy in (pb.FRAME_POLICY_LATEST, pb.FRAME_POLICY_ORDERED):
             assert _probe(server.target, policy) < 2.0
+        # Every frame the server read, however its stream ended, was answered, failed or dropped.
+        assert _eventually(lambda: _unaccounted(server) == 0, 10), f"frames unaccounted for: {_unaccounted(server)}"
         # Nothing kept: threads and descriptors return to what the warmed-up server had.
         assert _eventually(
             lambda: all(n <= b for n, b in zip(_threads_and_fds(server.process.pid), baseline, strict=True)), 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -167,6 +168,23 @@ def test_the_kernel_agrees_with_the_refined_path_on_a_large_noisy_frame(monkeypa
     kernel = _host(logits, (1080, 1920))
     _use(monkeypatch, "refine")
     assert (kernel == _host(logits, (1080, 1920))).mean() >= MIN_EQUAL
+
+
+def test_the_kernel_compiles_where_numba_cannot_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numba
+
+    real = numba.njit
+    asked: list[bool] = []
+
+    def njit(*args: Any, cache: bool = False, **options: Any) -> Any:
+        asked.append(cache)
+        if cache:  # what Numba raises when neither the package nor a home directory is writable
+            raise RuntimeError("cannot cache function '_interpolate_argmax': no locator available")
+        return real(*args, **options)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    assert label_kernel._compile() is not None
+    assert asked == [True, False]
 
 
 def test_without_numba_the_numpy_paths_serve(
