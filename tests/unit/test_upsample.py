@@ -162,6 +162,32 @@ def test_the_kernel_gives_the_same_labels_in_strips_of_any_size(
             np.testing.assert_array_equal(other, results[0])
 
 
+def test_the_kernel_split_across_threads_gives_the_same_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(13)
+    logits = _smooth_logits(rng, 21, 37, 53)
+    logits[:, 5:9] = (rng.standard_normal((21, 4, 53)) * 3).astype(np.float32)
+    labels = logits.argmax(0).astype(np.uint8)
+    monkeypatch.setattr(label_kernel, "SPLIT_PIXELS", 1)  # split even this small frame
+    whole = upsample.upsample_labels(labels, logits, np.empty((211, 97), np.uint8))
+    for parts in [2, 3, 7, 211, 500]:  # more parts than rows: one row per band at most
+        np.testing.assert_array_equal(
+            upsample.upsample_labels(labels, logits, np.empty((211, 97), np.uint8), parts), whole
+        )
+    monkeypatch.setattr(label_kernel, "SPLIT_PIXELS", 1 << 16)
+    threads: set[str] = set()
+    run = label_kernel._run
+
+    def spy(*args: Any) -> None:
+        threads.add(threading.current_thread().name)
+        run(*args)
+
+    monkeypatch.setattr(label_kernel, "_run", spy)
+    upsample.upsample_labels(labels, logits, np.empty((211, 97), np.uint8), 2)
+    assert threads == {threading.current_thread().name}  # 20,467 pixels: not worth a hand-over
+    upsample.upsample_labels(labels, logits, np.empty((480, 640), np.uint8), 2)
+    assert len(threads) == 2 and any(t.startswith("segstream-labels") for t in threads)
+
+
 def test_the_kernel_agrees_with_the_refined_path_on_a_large_noisy_frame(monkeypatch: pytest.MonkeyPatch) -> None:
     # ONNX Runtime's Resize would hold 21 x 1080 x 1920 floats here; the refined path is exact to it.
     logits = (np.random.default_rng(5).standard_normal((21, 64, 114)) * 4).astype(np.float32)
@@ -327,3 +353,26 @@ def test_overlapping_cpu_runs_take_the_one_thread_session_with_the_same_labels(
     monkeypatch.setattr("segstream.server.ort_model._cores", lambda: 16)
     wide = OrtModel(ModelSpec("tiny", tiny_model), device="cpu", workers=2)
     assert wide._narrow["out"].get_session_options().intra_op_num_threads == 8
+
+
+def test_a_run_alone_splits_its_upsampling_and_an_overlapping_one_does_not(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("segstream.server.ort_model._cores", lambda: 2)
+    model = OrtModel(ModelSpec("tiny", tiny_model), device="cpu", workers=2)
+    parts: list[int] = []
+    real = upsample.upsample_labels
+
+    def spy(labels: U8Array, logits: F32Array, out: U8Array, n: int = 1) -> U8Array:
+        parts.append(n)
+        return real(labels, logits, out, n)
+
+    monkeypatch.setattr("segstream.server.ort_model.upsample_labels", spy)
+    rgb = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    alone = model.run("out", [rgb], (480, 640)).labels.copy()
+    assert parts == [2]
+    parts.clear()
+    model._running = 1  # as while the other worker's network runs
+    overlapping = model.run("out", [rgb], (480, 640)).labels.copy()
+    assert parts == [1]
+    np.testing.assert_array_equal(overlapping, alone)

@@ -162,6 +162,9 @@ class OrtModel:
             self._narrow = {head: self._load(head) for head in self._heads}
             self._options.intra_op_num_threads = threads
         self._running = 0
+        # Threads the host upsampling may split over when no network run is in progress (one
+        # stream, or a lull): the cores would otherwise idle while one thread makes the label map.
+        self._upsample_parts = all_threads
         self.concurrent_runs = 0  # runs that started while another was running (on the narrower session)
         self._graph_bytes.clear()
         del self._proto
@@ -327,7 +330,7 @@ class OrtModel:
             if ran is not None:
                 ran()
         if self._host_upsample:
-            _upsample(binding)
+            _upsample(binding, self._upsample_parts if self._running == 0 else 1)
 
     def _session_index(self) -> int:
         index: int | None = getattr(self._local, "session", None)
@@ -460,14 +463,17 @@ class OrtModel:
         self._narrow.clear()
 
 
-def _upsample(binding: _Binding) -> None:
-    """The labels at the output size from the graph's labels and logits at the inference size."""
+def _upsample(binding: _Binding, parts: int) -> None:
+    """The labels at the output size from the graph's labels and logits at the inference size.
+
+    `parts`: the threads it may use (see upsample_labels).
+    """
     labels = binding.inference_labels
     io = binding.io
     if labels is not None:  # None: the output size is the inference size
         logits = np.from_dlpack(io.get_outputs()[2])  # bound order: labels, confidence, logits
         for i in range(labels.shape[0]):
-            upsample_labels(labels[i], logits[i], binding.result.labels[i])
+            upsample_labels(labels[i], logits[i], binding.result.labels[i], parts)
         del logits
     # Binding the output afresh lets go of this run's logits, so that an idle binding in the
     # worker's cache holds no float tensor.

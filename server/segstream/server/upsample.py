@@ -130,10 +130,11 @@ def _resize_each_channel(logits: F32Array, out: U8Array) -> U8Array:
     return out
 
 
-def upsample_labels(labels: U8Array, logits: F32Array, out: U8Array) -> U8Array:
+def upsample_labels(labels: U8Array, logits: F32Array, out: U8Array, parts: int = 1) -> U8Array:
     """Writes into `out` (H x W) the argmax of `logits` (C x h x w) bilinearly resized to H x W.
 
-    `labels` (h x w) is the argmax of `logits` at their own size. Returns `out`.
+    `labels` (h x w) is the argmax of `logits` at their own size. Returns `out`. `parts` > 1 lets
+    the compiled kernel split the work across that many threads (see label_kernel.upsample).
     """
     channels, height, width = logits.shape
     if labels.shape != (height, width):
@@ -150,6 +151,7 @@ def upsample_labels(labels: U8Array, logits: F32Array, out: U8Array) -> U8Array:
             (rows.low, rows.high, rows.w_low, rows.w_high),
             (cols.low, cols.high, cols.w_low, cols.w_high),
             out,
+            parts,
         )
     upscaling = out_height >= height and out_width >= width
     if upscaling and out_height * out_width <= DENSE_PIXELS and _boundary_share(labels) >= REFINE_SHARE:
