@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -376,3 +378,15 @@ def test_a_run_alone_splits_its_upsampling_and_an_overlapping_one_does_not(
     overlapping = model.run("out", [rgb], (480, 640)).labels.copy()
     assert parts == [1]
     np.testing.assert_array_equal(overlapping, alone)
+
+
+def test_numba_is_imported_only_when_a_label_map_is_upsampled() -> None:
+    # Importing it costs about 130 MB of resident memory, which a GPU server never needs.
+    code = (
+        "import sys; import segstream.server.app, segstream.server.ort_model; "
+        "assert 'numba' not in sys.modules, 'imported early'; "
+        "from segstream.server import label_kernel; assert label_kernel.available(); "
+        "assert 'numba' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]

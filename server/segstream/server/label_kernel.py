@@ -18,8 +18,10 @@ X11 w_x1) w_y1, rather than ONNX Runtime's four products: the float roundings di
 differ from its Resize + ArgMax only where two classes' interpolated logits are near-ties.
 
 The compiled code releases the GIL, so inference workers upsample in parallel with each other and
-with the event loop. It is compiled on its first call (about 2 s, which the server's warm-up pays)
-and cached on disk where Numba can write its cache.
+with the event loop. Numba is imported and the kernel compiled on the first call (about 2 s, which
+the server's warm-up pays; cached on disk where Numba can write its cache). The price is memory:
+about 175 MB more resident memory in the process (130 MB of it LLVM, from the import). Where that
+matters more than 2-6 ms per frame, uninstall numba: the NumPy/OpenCV paths then serve.
 """
 
 from __future__ import annotations
@@ -147,12 +149,24 @@ def _compile() -> Callable[..., None] | None:
     return compiled
 
 
-_KERNEL = _compile()
+# Set on first use rather than at import: importing Numba alone adds about 130 MB to a process's
+# resident memory (LLVM), which a server that never upsamples on the host (a GPU) need not pay.
+_UNSET: Any = object()
+_KERNEL: Callable[..., None] | None = _UNSET
+_kernel_lock = threading.Lock()
+
+
+def _kernel() -> Callable[..., None] | None:
+    global _KERNEL
+    with _kernel_lock:
+        if _KERNEL is _UNSET:
+            _KERNEL = _compile()
+        return _KERNEL
 
 
 def available() -> bool:
     """Whether the compiled kernel can run here (Numba is installed)."""
-    return _KERNEL is not None
+    return _kernel() is not None
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -186,7 +200,7 @@ def upsample(
     rows and weights, so the labels are the same however the rows are split. Worth it only where
     cores are idle: with one stream, 5.9 ms become 3.9 ms on 2 cores for a VGA frame.
     """
-    if _KERNEL is None:
+    if _kernel() is None:
         raise RuntimeError("the compiled label kernel needs Numba (pip install numba)")
     height, width = out.shape
     logits = np.ascontiguousarray(logits)
@@ -220,7 +234,8 @@ def _run(
     cols: tuple[I64Array, I64Array, F32Array, F32Array],
     out: U8Array,
 ) -> None:
-    assert _KERNEL is not None
+    kernel = _kernel()
+    assert kernel is not None
     channels = logits.shape[0]
     height, width = out.shape
     y_low, y_high = rows[0], rows[1]
@@ -230,4 +245,4 @@ def _run(
     tops = np.arange(0, height, strip)
     bottoms = np.minimum(tops + strip, height) - 1
     most = int((y_high[bottoms] - y_low[tops]).max()) + 1
-    _KERNEL(labels, logits, *rows, *cols, strip, most, out)
+    kernel(labels, logits, *rows, *cols, strip, most, out)
