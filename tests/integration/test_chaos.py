@@ -69,6 +69,7 @@ def _eventually(check: Callable[[], bool], timeout: float) -> bool:
 def _unaccounted(server: ServerProcess) -> float:
     """Frames received minus those answered, failed and dropped (0 once every stream has ended)."""
     counts = {k: server.metric(f"segstream_frames_{k}_total") for k in ("received", "answered", "failed", "dropped")}
+    assert counts["received"] > 0, "no frame counted received: the metric's name is wrong"
     return counts["received"] - counts["answered"] - counts["failed"] - counts["dropped"]
 
 

@@ -98,6 +98,7 @@ PATHS = {"kernel": None, "each_channel": 0.0, "refine": 2.0}
 
 def _use(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     share = PATHS[path]
+    assert share is not None or label_kernel.available()  # the server extras install Numba
     monkeypatch.setattr(upsample, "USE_KERNEL", share is None)
     if share is not None:
         monkeypatch.setattr(upsample, "REFINE_SHARE", share)
@@ -155,7 +156,8 @@ def test_the_kernel_gives_the_same_labels_in_strips_of_any_size(
     for out in [(211, 97), (20, 30), (37, 200)]:
         expected = _reference(resize_argmax, logits, out)
         results = []
-        # The smallest budget: one output row per strip; the largest: the whole frame in one strip.
+        # The smallest budget: strips of the fewest rows (one row where the output is no taller than
+        # the source); the largest: the whole frame in one strip.
         for budget in [1, 4 * 21 * 97 * 3, 1 << 30]:
             monkeypatch.setattr(label_kernel, "STRIP_BYTES", budget)
             results.append(_host(logits, out))
@@ -213,6 +215,27 @@ def test_the_kernel_compiles_where_numba_cannot_cache(monkeypatch: pytest.Monkey
     monkeypatch.setattr(numba, "njit", njit)
     assert label_kernel._compile() is not None
     assert asked == [True, False]
+
+
+def test_without_a_working_numba_the_kernel_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "numba", None)  # not installed: the import fails
+    assert label_kernel._compile() is None
+
+    class Broken:
+        """A Numba whose compiler fails on the first call."""
+
+        @staticmethod
+        def njit(**options: Any) -> Any:
+            def wrap(function: Any) -> Any:
+                def compiled(*args: Any) -> None:
+                    raise TypeError("cannot determine Numba type of <class 'object'>")
+
+                return compiled
+
+            return wrap
+
+    monkeypatch.setitem(sys.modules, "numba", Broken())
+    assert label_kernel._compile() is None
 
 
 def test_without_numba_the_numpy_paths_serve(

@@ -1,8 +1,9 @@
 """The label-map upsampling of segstream.server.upsample as one compiled pass (Numba), where Numba is installed.
 
 The NumPy/OpenCV paths of upsample.py pay per call and per temporary array: on a noisy 21-class map
-upscaled from 64x85 to 640x480 they take 7-11 ms, and a 6000x4500 frame takes seconds. This kernel
-makes the same labels in one pass per strip of output rows, in about 3.5 ms and 0.2 s there:
+upscaled from 64x85 to 640x480 they took 10-18 ms on the 2-core test machine, and 6.5 s for a
+6000x4500 frame. This kernel makes the same labels (up to float near-ties) in one pass per strip of
+output rows, in 5-7 ms and 0.33 s there on one thread (docs/benchmarks.md has the measurements):
 
 1. An output row whose two source rows hold one label throughout gets that label.
 2. For the source rows a strip of output rows reads, every channel is interpolated horizontally,
@@ -18,8 +19,10 @@ X11 w_x1) w_y1, rather than ONNX Runtime's four products: the float roundings di
 differ from its Resize + ArgMax only where two classes' interpolated logits are near-ties.
 
 The compiled code releases the GIL, so inference workers upsample in parallel with each other and
-with the event loop. Numba is imported and the kernel compiled on the first call (about 2 s, which
-the server's warm-up pays; cached on disk where Numba can write its cache). The price is memory:
+with the event loop. Numba is imported and the kernel compiled on first use (about 2 s; OrtModel
+does it while loading a model that upsamples on the host; cached on disk where Numba can write its
+cache). A Numba that fails to import or compile is logged, and the NumPy/OpenCV paths serve. The
+price is memory:
 about 175 MB more resident memory in the process (130 MB of it LLVM, from the import). Where that
 matters more than 2-6 ms per frame, uninstall numba: the NumPy/OpenCV paths then serve.
 """
@@ -27,18 +30,23 @@ matters more than 2-6 ms per frame, uninstall numba: the NumPy/OpenCV paths then
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+log = logging.getLogger(__name__)
+
 U8Array = npt.NDArray[np.uint8]
 F32Array = npt.NDArray[np.float32]
 I64Array = npt.NDArray[np.int64]
+# Per output index along one axis: the low and high source index and their weights.
+Axis = tuple[I64Array, I64Array, F32Array, F32Array]
 
 # The horizontally interpolated rows a strip keeps (C * source rows * width floats): small enough to
 # stay in the CPU's cache while the strip's rows read them channel after channel.
@@ -137,16 +145,45 @@ def _interpolate_argmax(
 
 
 def _compile() -> Callable[..., None] | None:
+    """The compiled kernel, compiled (or loaded from Numba's cache) and tried once; None where it cannot run."""
     try:
         import numba
     except ImportError:  # the `server` extras install it; without it upsample.py's own paths serve
+        return None
+    except Exception:  # a broken install, say llvmlite's library failing to load
+        log.warning("numba cannot be imported; label maps take the NumPy/OpenCV paths", exc_info=True)
         return None
     options: dict[str, Any] = {"nogil": True, "boundscheck": False}
     try:
         compiled: Callable[..., None] = numba.njit(cache=True, **options)(_interpolate_argmax)
     except RuntimeError:  # nowhere to write the cache (a read-only install without a home directory)
         compiled = numba.njit(**options)(_interpolate_argmax)
+    # One call on a 2x2 map to 3x3 compiles it now, for the argument types every later call has
+    # (read-only logits, see _run), so that a compiler failure falls back here and not on a frame.
+    low, high = np.array([0, 0, 1], np.int64), np.array([0, 1, 1], np.int64)
+    weights = (np.array([0.5, 0.75, 0.5], np.float32), np.array([0.5, 0.25, 0.5], np.float32))
+    out = np.empty((3, 3), np.uint8)
+    try:
+        compiled(
+            np.array([[0, 1], [1, 1]], np.uint8),
+            _readonly(np.arange(8, dtype=np.float32).reshape(2, 2, 2)),
+            *(low, high, *weights) * 2,
+            1,
+            2,
+            out,
+        )
+    except Exception:
+        log.warning("the label kernel failed to compile; label maps take the NumPy/OpenCV paths", exc_info=True)
+        return None
     return compiled
+
+
+def _readonly(array: F32Array) -> F32Array:
+    # Numba compiles once per argument type, and ONNX Runtime's outputs are read-only arrays: passing
+    # every caller's logits read-only keeps it to one compilation.
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 # Set on first use rather than at import: importing Numba alone adds about 130 MB to a process's
@@ -185,8 +222,8 @@ def _helpers() -> ThreadPoolExecutor:
 def upsample(
     labels: U8Array,
     logits: F32Array,
-    rows: tuple[I64Array, I64Array, F32Array, F32Array],
-    cols: tuple[I64Array, I64Array, F32Array, F32Array],
+    rows: Axis,
+    cols: Axis,
     out: U8Array,
     parts: int = 1,
 ) -> U8Array:
@@ -203,35 +240,35 @@ def upsample(
     if _kernel() is None:
         raise RuntimeError("the compiled label kernel needs Numba (pip install numba)")
     height, width = out.shape
-    logits = np.ascontiguousarray(logits)
+    logits = _readonly(np.ascontiguousarray(logits))
     parts = min(parts, height, max(1, height * width // SPLIT_PIXELS))
     if parts <= 1:
         _run(labels, logits, rows, cols, out)
         return out
     bounds = [height * k // parts for k in range(parts + 1)]
-    bands: list[Future[None]] = [
-        _helpers().submit(_run, labels, logits, _band(rows, top, bottom), cols, out[top:bottom])
-        for top, bottom in itertools.pairwise(bounds[1:])
-    ]
+    bands: list[Future[None]] = []
     try:
+        for top, bottom in itertools.pairwise(bounds[1:]):
+            bands.append(_helpers().submit(_run, labels, logits, _band(rows, top, bottom), cols, out[top:bottom]))
         _run(labels, logits, _band(rows, 0, bounds[1]), cols, out[: bounds[1]])
     finally:
-        for band in bands:
-            band.result()
+        # Every band has finished before `out` (a worker's reused buffer) is handed on, even when
+        # one failed or submitting did (the interpreter shutting down).
+        wait(bands)
+    for band in bands:
+        band.result()  # raises a band's error
     return out
 
 
-def _band(
-    rows: tuple[I64Array, I64Array, F32Array, F32Array], top: int, bottom: int
-) -> tuple[I64Array, I64Array, F32Array, F32Array]:
+def _band(rows: Axis, top: int, bottom: int) -> Axis:
     return rows[0][top:bottom], rows[1][top:bottom], rows[2][top:bottom], rows[3][top:bottom]
 
 
 def _run(
     labels: U8Array,
     logits: F32Array,
-    rows: tuple[I64Array, I64Array, F32Array, F32Array],
-    cols: tuple[I64Array, I64Array, F32Array, F32Array],
+    rows: Axis,
+    cols: Axis,
     out: U8Array,
 ) -> None:
     kernel = _kernel()

@@ -35,6 +35,7 @@ import onnxruntime as ort
 from segstream.models.classes import ClassList
 from segstream.models.graph import is_synthetic
 from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, LOGITS, OUTPUT_SIZE, serving_graph
+from segstream.server import label_kernel
 from segstream.server.buckets import Bucket
 from segstream.server.config import Device, ModelSpec
 from segstream.server.contract import check_model
@@ -165,6 +166,10 @@ class OrtModel:
         # Threads the host upsampling may split over when no network run is in progress (one
         # stream, or a lull): the cores would otherwise idle while one thread makes the label map.
         self._upsample_parts = all_threads
+        if self._host_upsample:
+            # Compiles the label kernel (or loads it from Numba's cache) now, while the model loads,
+            # rather than on the first frame whose output size differs from the inference size.
+            label_kernel.available()
         self.concurrent_runs = 0  # runs that started while another was running (on the narrower session)
         self._graph_bytes.clear()
         del self._proto
