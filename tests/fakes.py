@@ -27,6 +27,7 @@ class GatedModel:
         self.runs = 0
         self.threads: set[str] = set()
         self.fail_when_mean_below: float | None = None
+        self.closed = False
 
     def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
         if not self.gate.wait(timeout=30):
@@ -41,4 +42,4 @@ class GatedModel:
         return BatchResult(labels, np.ones(n, np.float32))
 
     def close(self) -> None:
-        pass
+        self.closed = True

@@ -174,3 +174,46 @@ async def test_a_stall_timeout_of_zero_turns_the_watchdog_off(tiny_model: Path) 
         assert server.watchdog is None
     finally:
         await server.stop(grace=1)
+
+
+async def test_a_server_whose_engine_hangs_still_stops_and_says_so(
+    tiny_model: Path, small_frame: pb.Frame, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = GatedModel()
+    config = ServerConfig(
+        models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, stall_timeout_s=STALL_TIMEOUT
+    )
+    server = SegstreamServer(config, models={"gated": model})
+    await server.start()
+    assert server.pipeline is not None
+    batcher = server.pipeline.batcher
+    try:
+        async with channel(server) as ch:
+            model.gate.clear()  # the engine hangs from now on
+            call = asyncio.create_task(_segment_image(pb_grpc.SegmentationStub(ch), small_frame))
+            await _until(lambda: batcher.stalled_for()[0] == 1)
+            started = time.monotonic()
+            with caplog.at_level("ERROR", logger="segstream.server.app"):
+                await asyncio.wait_for(server.stop(grace=0.1), 10)
+            took = time.monotonic() - started
+            # The grace for streams, then the stall timeout for the running batch: not forever.
+            assert took < 0.1 + STALL_TIMEOUT + 2, f"stop took {took:.2f} s"
+            assert server.abandoned_runs
+            assert "the engine is hung" in caplog.text
+            await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), 5)  # the call has ended
+    finally:
+        model.gate.set()  # lets the worker thread end
+
+
+async def test_a_server_whose_runs_end_frees_its_models_on_stop(tiny_model: Path, small_frame: pb.Frame) -> None:
+    model = GatedModel()
+    config = ServerConfig(
+        models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, stall_timeout_s=STALL_TIMEOUT
+    )
+    server = SegstreamServer(config, models={"gated": model})
+    await server.start()
+    async with channel(server) as ch:
+        assert not (await _segment_image(pb_grpc.SegmentationStub(ch), small_frame)).HasField("error")
+    await asyncio.wait_for(server.stop(grace=1), 30)
+    assert not server.abandoned_runs
+    assert model.closed

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
+import os
 import re
 from pathlib import Path
 
 import pytest
 
+from segstream.server import cli
 from segstream.server.cli import build_parser, config_from_args, main
 from segstream.server.event_loop import EventLoopUnavailable, loop_factory
 from tests.cli_help import assert_every_option_documented
@@ -134,3 +137,24 @@ def test_bad_classes_and_heads_are_one_line(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_stop_with_a_hung_engine_exits_at_once_with_status_1(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    async def serve(*args: object) -> None:
+        raise cli._HungEngine
+
+    exits: list[int] = []
+
+    def exit_now(status: int) -> None:
+        exits.append(status)
+        raise SystemExit(status)
+
+    monkeypatch.setattr(cli, "_serve", serve)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    flushed: list[bool] = []
+    monkeypatch.setattr(logging, "shutdown", lambda: flushed.append(True))  # pytest's handlers stay open
+    with pytest.raises(SystemExit):
+        cli.main(["--model", f"tiny={tiny_model}"])
+    assert exits == [1] and flushed == [True]

@@ -135,6 +135,10 @@ class SegstreamServer:
         # Loaded in `start`; the pipeline is built on them once they are.
         self._models: Mapping[str, Model] = {}
         self.pipeline: Pipeline | None = None
+        # Set by stop() when an inference run had not returned within the stall timeout (a hung
+        # engine): its thread is left running and its model not freed, and the process should exit
+        # without waiting for it (the CLI does: os._exit).
+        self.abandoned_runs = False
         self._health_tasks: set[asyncio.Task[None]] = set()
         self.watchdog: Watchdog | None = None
         self.service = SegmentationService(
@@ -261,7 +265,9 @@ class SegstreamServer:
     async def stop(self, grace: float | None = 5.0) -> None:
         """Drains: refuses new streams, stops reading frames, answers those taken within `grace` seconds.
 
-        Streams still open when the grace period ends are cancelled; then the models are freed.
+        Streams still open when the grace period ends are cancelled; then the models are freed once
+        their running batches end (see `abandoned_runs` for a run that does not, within the stall
+        timeout).
         """
         self._ready = False
         if self.watchdog is not None:
@@ -282,7 +288,17 @@ class SegstreamServer:
         await self._server.stop(max(0.0, deadline - loop.time()))
         self.metrics.close()
         if self.pipeline is not None:
-            await self.pipeline.close()
+            # A run that outlasts the stall timeout is hung: waiting for it would keep the server
+            # from ever exiting (0: no timeout, as for the watchdog).
+            timeout = self.config.stall_timeout_s or None
+            if not await self.pipeline.close(timeout):
+                self.abandoned_runs = True
+                log.error(
+                    "an inference run has not returned %.1f s after the server stopped (the engine is hung): "
+                    "stopping without it",
+                    timeout,
+                )
+                return  # its model stays loaded: freeing a session while a thread runs in it is unsafe
         for model in self._models.values():
             model.close()
 

@@ -133,8 +133,12 @@ class Batcher:
             self._cond.notify_all()
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
-    async def close(self) -> None:
-        """Cancels what is still queued, lets running batches finish, and stops the workers."""
+    async def close(self, run_grace: float | None = None) -> bool:
+        """Cancels what is still queued, lets running batches finish, and stops the workers.
+
+        Waits at most `run_grace` seconds (None: as long as it takes) for running batches; returns
+        False when a worker is still inside a run then (a hung engine), True once all have stopped.
+        """
         with self._cond:
             self._closing = True
             jobs = [job for queue in self._pending.values() for job in queue]
@@ -144,7 +148,8 @@ class Batcher:
             _call(job.deliver, asyncio.CancelledError("the server is shutting down"), 0.0)
         started = [t for t in self._threads if t.ident is not None]
         if started:
-            await asyncio.get_running_loop().run_in_executor(None, _join, started)
+            await asyncio.get_running_loop().run_in_executor(None, _join, started, run_grace)
+        return not any(t.is_alive() for t in started)
 
     def _work(self, index: int) -> None:
         while (item := self._next(index)) is not None:
@@ -260,6 +265,7 @@ def _bind(chore: Callable[[], T], future: Future[T]) -> Callable[[], None]:
     return run
 
 
-def _join(threads: list[threading.Thread]) -> None:
+def _join(threads: list[threading.Thread], timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
     for thread in threads:
-        thread.join()
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -371,11 +372,20 @@ async def _serve(config: ServerConfig, grace: float, loop_name: str) -> None:
     await stopping
     log.info("stopping: finishing in-flight calls for up to %.1f s", grace)
     await server.stop(grace)
+    if server.abandoned_runs:
+        raise _HungEngine
     log.info("stopped")
 
 
+class _HungEngine(Exception):
+    """The server stopped with an inference run that never returned (logged by the server)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs segstream-server until SIGTERM/SIGINT: 0 when stopped, 1 when it cannot serve, 2 for bad settings."""
+    """Runs segstream-server until SIGTERM/SIGINT: 0 when stopped, 1 when it cannot serve, 2 for bad settings.
+
+    1 also when it stopped with an inference run that never returned (a hung engine).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     require_server_extra("segstream-server")  # --help works without the server extra; serving does not
@@ -393,6 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EngineError, OSError, EventLoopUnavailable) as exc:
         print(f"segstream-server: error: {exc}", file=sys.stderr)
         return 1
+    except _HungEngine:
+        # A thread still inside ONNX Runtime would hold up (or crash) the interpreter's exit, which
+        # joins and finalises what that thread uses: leave at once, logs flushed.
+        logging.shutdown()
+        os._exit(1)
     return 0
 
 

@@ -112,10 +112,14 @@ class Pipeline:
         metrics.frame_done(settings.model, response)
         return response
 
-    async def close(self) -> None:
-        """Cancels the frames still queued, lets running batches finish, and stops the threads."""
-        await self.batcher.close()
+    async def close(self, run_grace: float | None = None) -> bool:
+        """Cancels the frames still queued, lets running batches finish, and stops the threads.
+
+        False when a batch was still running `run_grace` seconds later (see Batcher.close).
+        """
+        ended = await self.batcher.close(run_grace)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        return ended
 
     def _prepare(
         self,
