@@ -44,7 +44,19 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+# How each frame the fake received travelled: "raw", or the encoded bytes' format ("jpeg", "png").
+WIRE_KINDS: list[str] = []
+
+
+def _wire_kind(frame: pb.Frame) -> str:
+    if frame.WhichOneof("image") == "raw":
+        return "raw"
+    data = frame.encoded.data
+    return "png" if data.startswith(b"\x89PNG") else "jpeg" if data.startswith(b"\xff\xd8") else "other"
+
+
 def _respond(frame: pb.Frame, config: pb.StreamConfig) -> pb.SegmentResponse:
+    WIRE_KINDS.append(_wire_kind(frame))
     model = config.model or "fake"
     resp = pb.SegmentResponse(frame_id=frame.frame_id, model=model, dropped_frames=0)
     resp.capture_time.CopyFrom(frame.capture_time)
@@ -400,6 +412,21 @@ def test_cli_video_warns_about_a_synthetic_model(
     assert "SYNTHETIC" in captured.err and "MEANINGLESS" in captured.err
     assert "5 frames, 0 failed" in captured.out
     assert count_frames(out) == 5
+
+
+@pytest.mark.parametrize("command", ["video", "webcam"])
+@pytest.mark.parametrize("wire", ["raw", "jpeg", "png"])
+def test_cli_video_and_webcam_send_frames_as_wire_says(
+    server: FakeServer, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, wire: str
+) -> None:
+    WIRE_KINDS.clear()
+    argv = ["--server", server.target, "--model", "random"]
+    if command == "video":
+        argv += ["video", str(video), "--out", str(tmp_path / "out.avi"), "--no-progress"]
+    else:
+        argv += ["webcam", "--device", str(video), "--no-display"]
+    assert main([*argv, "--wire", wire, "--max-frames", "4"]) == 0
+    assert WIRE_KINDS and set(WIRE_KINDS) == {wire}, WIRE_KINDS
 
 
 def test_cli_image_writes_overlay_and_mask(

@@ -30,6 +30,10 @@ from segstream.wire.argparsing import OneLineParser
 
 _DEFAULT_TIMEOUT_S = 10.0
 _DEFAULT_RECONNECT_TIMEOUT_S = 60.0
+_WIRE_HELP = (
+    "how frames travel: raw pixels (3 bytes a pixel, no encoding cost), JPEG (quality 90: smallest, lossy)"
+    " or PNG (lossless, several times smaller than raw, slower to encode); default raw"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -77,9 +81,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     video.add_argument("--png-dir", metavar="DIR", help="also write class-index masks as 8-bit PNGs, one per frame")
     video.add_argument(
         "--wire",
-        choices=("raw", "jpeg"),
+        choices=("raw", "jpeg", "png"),
         default="raw",
-        help="how frames travel: raw pixels or JPEG (default raw)",
+        help=_WIRE_HELP,
     )
     video.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
     video.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
@@ -114,9 +118,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     add_foxglove_options(webcam)
     webcam.add_argument(
         "--wire",
-        choices=("raw", "jpeg"),
+        choices=("raw", "jpeg", "png"),
         default="raw",
-        help="how frames travel: raw pixels or JPEG (default raw)",
+        help=_WIRE_HELP,
     )
 
     image = _command(commands, "image", run_image, "segment one image file")
