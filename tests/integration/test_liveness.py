@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from segstream.server.app import SegstreamServer
+from segstream.server.batcher import Batcher
 from segstream.server.config import ModelSpec, ServerConfig
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.v1 import segmentation_pb2_grpc as pb_grpc
@@ -63,17 +65,31 @@ def _sample(server: SegstreamServer, name: str) -> float:
     return value
 
 
+def _gated_server(tiny_model: Path, **settings: Any) -> tuple[GatedModel, SegstreamServer]:
+    """A server (not started) over a GatedModel, with the test's stall timeout unless `settings` say otherwise."""
+    model = GatedModel()
+    config = ServerConfig(
+        models=(ModelSpec("gated", tiny_model),),
+        host="127.0.0.1",
+        port=0,
+        size=32,
+        **{"stall_timeout_s": STALL_TIMEOUT, **settings},
+    )
+    return model, SegstreamServer(config, models={"gated": model})
+
+
+async def _started(tiny_model: Path) -> tuple[GatedModel, SegstreamServer, Batcher]:
+    """A started gated server, and its batcher (to see what runs)."""
+    model, server = _gated_server(tiny_model)
+    await server.start()
+    assert server.pipeline is not None
+    return model, server, server.pipeline.batcher
+
+
 async def test_a_hung_engine_turns_health_off_until_batches_complete_again(
     tiny_model: Path, small_frame: pb.Frame, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = GatedModel()
-    config = ServerConfig(
-        models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, stall_timeout_s=STALL_TIMEOUT
-    )
-    server = SegstreamServer(config, models={"gated": model})
-    await server.start()
-    assert server.pipeline is not None
-    batcher = server.pipeline.batcher
+    model, server, batcher = await _started(tiny_model)
     try:
         async with channel(server) as ch:
             health = health_pb2_grpc.HealthStub(ch)
@@ -132,16 +148,7 @@ async def test_a_hung_engine_turns_health_off_until_batches_complete_again(
 async def test_the_watchdog_never_turns_health_back_on_after_engine_failures(
     tiny_model: Path, small_frame: pb.Frame
 ) -> None:
-    model = GatedModel()
-    config = ServerConfig(
-        models=(ModelSpec("gated", tiny_model),),
-        host="127.0.0.1",
-        port=0,
-        size=32,
-        stall_timeout_s=STALL_TIMEOUT,
-        max_engine_failures=1,
-    )
-    server = SegstreamServer(config, models={"gated": model})
+    model, server = _gated_server(tiny_model, max_engine_failures=1)
     await server.start()
     try:
         async with channel(server) as ch:
@@ -165,10 +172,7 @@ async def test_the_watchdog_never_turns_health_back_on_after_engine_failures(
 
 
 async def test_a_stall_timeout_of_zero_turns_the_watchdog_off(tiny_model: Path) -> None:
-    config = ServerConfig(
-        models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, stall_timeout_s=0
-    )
-    server = SegstreamServer(config, models={"gated": GatedModel()})
+    _, server = _gated_server(tiny_model, stall_timeout_s=0)
     await server.start()
     try:
         assert server.watchdog is None
@@ -179,14 +183,7 @@ async def test_a_stall_timeout_of_zero_turns_the_watchdog_off(tiny_model: Path) 
 async def test_a_server_whose_engine_hangs_still_stops_and_says_so(
     tiny_model: Path, small_frame: pb.Frame, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = GatedModel()
-    config = ServerConfig(
-        models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, stall_timeout_s=STALL_TIMEOUT
-    )
-    server = SegstreamServer(config, models={"gated": model})
-    await server.start()
-    assert server.pipeline is not None
-    batcher = server.pipeline.batcher
+    model, server, batcher = await _started(tiny_model)
     try:
         async with channel(server) as ch:
             model.gate.clear()  # the engine hangs from now on
@@ -206,11 +203,7 @@ async def test_a_server_whose_engine_hangs_still_stops_and_says_so(
 
 
 async def test_a_server_whose_runs_end_frees_its_models_on_stop(tiny_model: Path, small_frame: pb.Frame) -> None:
-    model = GatedModel()
-    config = ServerConfig(
-        models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32, stall_timeout_s=STALL_TIMEOUT
-    )
-    server = SegstreamServer(config, models={"gated": model})
+    model, server = _gated_server(tiny_model)
     await server.start()
     async with channel(server) as ch:
         assert not (await _segment_image(pb_grpc.SegmentationStub(ch), small_frame)).HasField("error")
