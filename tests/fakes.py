@@ -28,8 +28,10 @@ class GatedModel:
         self.threads: set[str] = set()
         self.fail_when_mean_below: float | None = None
         self.closed = False
+        self.entered = threading.Event()  # set when a run starts (before it waits for the gate)
 
     def run(self, head: str, frames: Sequence[U8Array], output_size: tuple[int, int]) -> BatchResult:
+        self.entered.set()
         if not self.gate.wait(timeout=30):
             raise TimeoutError("gate never opened")
         self.runs += 1

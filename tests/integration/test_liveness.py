@@ -187,19 +187,39 @@ async def test_a_server_whose_engine_hangs_still_stops_and_says_so(
     try:
         async with channel(server) as ch:
             model.gate.clear()  # the engine hangs from now on
+            model.entered.clear()
             call = asyncio.create_task(_segment_image(pb_grpc.SegmentationStub(ch), small_frame))
-            await _until(lambda: batcher.stalled_for()[0] == 1)
+            await _until(model.entered.is_set)  # the frame is inside the engine, not queued
             started = time.monotonic()
             with caplog.at_level("ERROR", logger="segstream.server.app"):
                 await asyncio.wait_for(server.stop(grace=0.1), 10)
             took = time.monotonic() - started
-            # The grace for streams, then the stall timeout for the running batch: not forever.
-            assert took < 0.1 + STALL_TIMEOUT + 2, f"stop took {took:.2f} s"
-            assert server.abandoned_runs
+            # The grace for streams, then the rest of the stall timeout for the running batch: not forever.
+            assert STALL_TIMEOUT / 2 <= took < 0.1 + STALL_TIMEOUT + 2, f"stop took {took:.2f} s"
+            assert server.abandoned_runs and not model.closed  # a session in use is not freed
             assert "the engine is hung" in caplog.text
             await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), 5)  # the call has ended
     finally:
-        model.gate.set()  # lets the worker thread end
+        model.gate.set()  # lets the worker thread end, before this test's event loop closes
+        for thread in batcher._threads:
+            await asyncio.to_thread(thread.join, 5)
+
+
+async def test_a_run_that_ends_within_the_stall_timeout_is_waited_for_on_stop(
+    tiny_model: Path, small_frame: pb.Frame
+) -> None:
+    model, server, _ = await _started(tiny_model)
+    async with channel(server) as ch:
+        model.gate.clear()
+        model.entered.clear()
+        call = asyncio.create_task(_segment_image(pb_grpc.SegmentationStub(ch), small_frame))
+        await _until(model.entered.is_set)
+        stopping = asyncio.create_task(server.stop(grace=0.05))
+        await asyncio.sleep(STALL_TIMEOUT / 4)
+        model.gate.set()  # the run ends before the stall timeout
+        await asyncio.wait_for(stopping, 10)
+        await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), 5)
+    assert not server.abandoned_runs and model.closed
 
 
 async def test_a_server_whose_runs_end_frees_its_models_on_stop(tiny_model: Path, small_frame: pb.Frame) -> None:

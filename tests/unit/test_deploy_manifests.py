@@ -126,8 +126,9 @@ def test_deployment_args_are_real_server_flags_and_ports_match() -> None:
         assert container[probe]["grpc"]["port"] == parsed.port
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == parsed.metrics_port
-    # The pod must outlive the server's drain.
-    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > parsed.grace
+    # The pod must outlive the server's drain, and the wait for a batch that may be hung.
+    grace_period = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace_period > parsed.grace + parsed.stall_timeout
     assert parsed.max_connection_age > 0
 
 

@@ -139,6 +139,7 @@ def test_bad_classes_and_heads_are_one_line(
     assert err.count("\n") == 1 and message in err, err
 
 
+@pytest.mark.usefixtures("restore_root_logging")  # main() configures the root logger
 def test_a_stop_with_a_hung_engine_exits_at_once_with_status_1(
     monkeypatch: pytest.MonkeyPatch, tiny_model: Path
 ) -> None:

@@ -32,7 +32,7 @@ _DEFAULT_TIMEOUT_S = 10.0
 _DEFAULT_RECONNECT_TIMEOUT_S = 60.0
 _WIRE_HELP = (
     "how frames travel: raw pixels (3 bytes a pixel, no encoding cost), JPEG (quality 90: smallest, lossy)"
-    " or PNG (lossless, several times smaller than raw, slower to encode); default raw"
+    " or PNG (lossless, about half the bytes of raw, about 20 ms to encode a VGA frame); default raw"
 )
 
 

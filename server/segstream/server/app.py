@@ -288,14 +288,15 @@ class SegstreamServer:
         await self._server.stop(max(0.0, deadline - loop.time()))
         self.metrics.close()
         if self.pipeline is not None:
-            # A run that outlasts the stall timeout is hung: waiting for it would keep the server
-            # from ever exiting (0: no timeout, as for the watchdog).
+            # A run that outlasts the stall timeout (counted from the engine's last progress) is
+            # hung: waiting for it would keep the server from ever exiting (0: no timeout, as for
+            # the watchdog).
             timeout = self.config.stall_timeout_s or None
             if not await self.pipeline.close(timeout):
                 self.abandoned_runs = True
                 log.error(
-                    "an inference run has not returned %.1f s after the server stopped (the engine is hung): "
-                    "stopping without it",
+                    "an inference run has not returned %.1f s after the engine's last progress (the engine is "
+                    "hung): stopping without it",
                     timeout,
                 )
                 return  # its model stays loaded: freeing a session while a thread runs in it is unsafe

@@ -136,19 +136,23 @@ class Batcher:
     async def close(self, run_grace: float | None = None) -> bool:
         """Cancels what is still queued, lets running batches finish, and stops the workers.
 
-        Waits at most `run_grace` seconds (None: as long as it takes) for running batches; returns
-        False when a worker is still inside a run then (a hung engine), True once all have stopped.
+        Waits for running batches until `run_grace` seconds after the engine last made progress
+        (None: as long as it takes), so a run already stalled that long is not waited for again;
+        returns False when a worker is still inside a run then (a hung engine), True once all have
+        stopped.
         """
         with self._cond:
             self._closing = True
             jobs = [job for queue in self._pending.values() for job in queue]
             self._pending.clear()
             self._cond.notify_all()
+            progress = self._progress
         for job in jobs:
             _call(job.deliver, asyncio.CancelledError("the server is shutting down"), 0.0)
         started = [t for t in self._threads if t.ident is not None]
         if started:
-            await asyncio.get_running_loop().run_in_executor(None, _join, started, run_grace)
+            limit = None if run_grace is None else max(0.0, progress + run_grace - time.monotonic())
+            await asyncio.get_running_loop().run_in_executor(None, _join, started, limit)
         return not any(t.is_alive() for t in started)
 
     def _work(self, index: int) -> None:

@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stall-timeout",
         _DEFAULT.stall_timeout_s,
         "seconds frames may wait while the inference engine completes no batch before health turns "
-        f"NOT_SERVING (SERVING again once batches complete; default {_DEFAULT.stall_timeout_s:g}; 0: never)",
+        f"NOT_SERVING (SERVING again once batches complete; default {_DEFAULT.stall_timeout_s:g}; 0: never); "
+        "on shutdown, a batch still running that long after the engine's last progress is left behind",
         type=float,
     )
     p.add_argument(
@@ -365,9 +366,11 @@ async def _serve(config: ServerConfig, grace: float, loop_name: str) -> None:
         await starting  # raises a load failure
     except asyncio.CancelledError:
         pass
-    except BaseException:
+    except BaseException as exc:
         stopping.cancel()
         await server.stop(0)
+        if server.abandoned_runs:
+            raise _HungEngine from exc
         raise
     await stopping
     log.info("stopping: finishing in-flight calls for up to %.1f s", grace)
