@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -196,7 +197,7 @@ async def test_a_server_whose_engine_hangs_still_stops_and_says_so(
             took = time.monotonic() - started
             # The grace for streams, then the rest of the stall timeout for the running batch: not forever.
             assert STALL_TIMEOUT / 2 <= took < 0.1 + STALL_TIMEOUT + 2, f"stop took {took:.2f} s"
-            assert server.abandoned_runs and not model.closed  # a session in use is not freed
+            assert server.abandoned_work and not model.closed  # a session in use is not freed
             assert "the engine is hung" in caplog.text
             await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), 5)  # the call has ended
     finally:
@@ -219,7 +220,7 @@ async def test_a_run_that_ends_within_the_stall_timeout_is_waited_for_on_stop(
         model.gate.set()  # the run ends before the stall timeout
         await asyncio.wait_for(stopping, 10)
         await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), 5)
-    assert not server.abandoned_runs and model.closed
+    assert not server.abandoned_work and model.closed
 
 
 async def test_a_server_whose_runs_end_frees_its_models_on_stop(tiny_model: Path, small_frame: pb.Frame) -> None:
@@ -228,5 +229,33 @@ async def test_a_server_whose_runs_end_frees_its_models_on_stop(tiny_model: Path
     async with channel(server) as ch:
         assert not (await _segment_image(pb_grpc.SegmentationStub(ch), small_frame)).HasField("error")
     await asyncio.wait_for(server.stop(grace=1), 30)
-    assert not server.abandoned_runs
+    assert not server.abandoned_work
     assert model.closed
+
+
+async def test_a_stop_while_the_models_load_does_not_wait_for_them(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load(config: ServerConfig) -> dict[str, GatedModel]:
+        loading.set()
+        release.wait(30)  # a slow disk, or a TensorRT build of minutes
+        return {"gated": GatedModel()}
+
+    monkeypatch.setattr("segstream.server.app.load_models", slow_load)
+    config = ServerConfig(models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32)
+    server = SegstreamServer(config)
+    starting = asyncio.create_task(server.start())
+    try:
+        await _until(loading.is_set)
+        starting.cancel()  # what the CLI does on SIGTERM while starting
+        with caplog.at_level("WARNING", logger="segstream.server.app"), pytest.raises(asyncio.CancelledError):
+            await starting
+        assert server.abandoned_work and "still loading" in caplog.text
+        await asyncio.wait_for(server.stop(grace=0), 5)  # nothing to wait for: no pipeline yet
+    finally:
+        release.set()
+        for thread in threading.enumerate():
+            if thread.name == "segstream-load":
+                await asyncio.to_thread(thread.join, 5)

@@ -144,7 +144,7 @@ def test_a_stop_with_a_hung_engine_exits_at_once_with_status_1(
     monkeypatch: pytest.MonkeyPatch, tiny_model: Path
 ) -> None:
     async def serve(*args: object) -> None:
-        raise cli._HungEngine
+        raise cli._WorkLeftRunning
 
     exits: list[int] = []
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+import threading
 from collections.abc import Mapping
 
 import grpc
@@ -135,10 +137,11 @@ class SegstreamServer:
         # Loaded in `start`; the pipeline is built on them once they are.
         self._models: Mapping[str, Model] = {}
         self.pipeline: Pipeline | None = None
-        # Set by stop() when an inference run had not returned within the stall timeout (a hung
-        # engine): its thread is left running and its model not freed, and the process should exit
-        # without waiting for it (the CLI does: os._exit).
-        self.abandoned_runs = False
+        # Set when a thread is left inside ONNX Runtime: by stop(), when an inference run had not
+        # returned within the stall timeout (a hung engine; its model is not freed), or when start()
+        # is cancelled while the models still load. The process should then exit without waiting
+        # for that thread (the CLI does: os._exit).
+        self.abandoned_work = False
         self._health_tasks: set[asyncio.Task[None]] = set()
         self.watchdog: Watchdog | None = None
         self.service = SegmentationService(
@@ -170,10 +173,9 @@ class SegstreamServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         log.info("listening on %s (port %d)", self.config.address, self.port)
-        loop = asyncio.get_running_loop()
         models = self._given_models
         if models is None:
-            models = await loop.run_in_executor(None, load_models, self.config)
+            models = await self._load()
         self._models = models
         for name, model in models.items():
             self.metrics.provider.labels(name, model.provider).set(1)
@@ -222,6 +224,18 @@ class SegstreamServer:
             raise ListenError(None, f"--port {config.port}: cannot listen on {config.address}")
         return port
 
+    async def _load(self) -> Mapping[str, Model]:
+        # A daemon thread, not the loop's executor: a stop while the models load (a slow disk, a
+        # TensorRT build of minutes) must not wait for them, and the executor is joined at exit.
+        loading: asyncio.Future[Mapping[str, Model]] = asyncio.get_running_loop().create_future()
+        threading.Thread(target=_load_into, args=(loading, self.config), name="segstream-load", daemon=True).start()
+        try:
+            return await loading
+        except asyncio.CancelledError:
+            self.abandoned_work = True
+            log.warning("stopped while the models were still loading")
+            raise
+
     async def _warm_up(self, pipeline: Pipeline) -> None:
         # The first run of each head allocates ONNX Runtime's arenas (and on a GPU picks kernels);
         # doing it here keeps that cost out of the first client's latency. Every worker runs every
@@ -266,7 +280,7 @@ class SegstreamServer:
         """Drains: refuses new streams, stops reading frames, answers those taken within `grace` seconds.
 
         Streams still open when the grace period ends are cancelled; then the models are freed once
-        their running batches end (see `abandoned_runs` for a run that does not, within the stall
+        their running batches end (see `abandoned_work` for a run that does not, within the stall
         timeout).
         """
         self._ready = False
@@ -293,7 +307,7 @@ class SegstreamServer:
             # the watchdog).
             timeout = self.config.stall_timeout_s or None
             if not await self.pipeline.close(timeout):
-                self.abandoned_runs = True
+                self.abandoned_work = True
                 log.error(
                     "an inference run has not returned %.1f s after the engine's last progress (the engine is "
                     "hung): stopping without it",
@@ -306,3 +320,23 @@ class SegstreamServer:
     async def wait_for_termination(self) -> None:
         """Returns once the gRPC server has stopped."""
         await self._server.wait_for_termination()
+
+
+def _load_into(future: asyncio.Future[Mapping[str, Model]], config: ServerConfig) -> None:
+    """In a thread: the models of `config`, or the error loading them, set on `future` unless it was cancelled."""
+    outcome: Mapping[str, Model] | BaseException
+    try:
+        outcome = load_models(config)
+    except BaseException as exc:
+        outcome = exc
+
+    def settle() -> None:
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+        future.get_loop().call_soon_threadsafe(settle)

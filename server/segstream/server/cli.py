@@ -369,25 +369,26 @@ async def _serve(config: ServerConfig, grace: float, loop_name: str) -> None:
     except BaseException as exc:
         stopping.cancel()
         await server.stop(0)
-        if server.abandoned_runs:
-            raise _HungEngine from exc
+        if server.abandoned_work:
+            raise _WorkLeftRunning from exc
         raise
     await stopping
     log.info("stopping: finishing in-flight calls for up to %.1f s", grace)
     await server.stop(grace)
-    if server.abandoned_runs:
-        raise _HungEngine
+    if server.abandoned_work:
+        raise _WorkLeftRunning
     log.info("stopped")
 
 
-class _HungEngine(Exception):
-    """The server stopped with an inference run that never returned (logged by the server)."""
+class _WorkLeftRunning(Exception):
+    """The server stopped with a thread still inside ONNX Runtime (a hung run, or models still loading)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs segstream-server until SIGTERM/SIGINT: 0 when stopped, 1 when it cannot serve, 2 for bad settings.
 
-    1 also when it stopped with an inference run that never returned (a hung engine).
+    1 also when it stopped with an inference run that never returned (a hung engine), or while the
+    models were still loading.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -406,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EngineError, OSError, EventLoopUnavailable) as exc:
         print(f"segstream-server: error: {exc}", file=sys.stderr)
         return 1
-    except _HungEngine:
+    except _WorkLeftRunning:
         # A thread still inside ONNX Runtime would hold up (or crash) the interpreter's exit, which
         # joins and finalises what that thread uses: leave at once, logs flushed.
         logging.shutdown()
