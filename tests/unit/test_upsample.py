@@ -413,3 +413,10 @@ def test_numba_is_imported_only_when_a_label_map_is_upsampled() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_axis_set_up_is_shared_and_read_only() -> None:
+    rows = upsample._axis(64, 480)
+    assert upsample._axis(64, 480) is rows  # computed once per pair of sizes
+    with pytest.raises(ValueError, match="read-only"):
+        rows.low[0] = 1
