@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from segstream.server import stages
+from segstream.server import cores, stages
 from segstream.server.app import live_workers, worker_count
 from segstream.server.config import ModelSpec, ServerConfig
 from segstream.server.engine import BatchResult, U8Array
@@ -238,9 +238,10 @@ async def test_on_a_cpu_two_workers_share_the_cores_and_live_frames_run_one_at_a
     assert model.provider == CPU
     (tmp_path / "m.onnx").touch()
     config = ServerConfig(models=(ModelSpec("gated", tmp_path / "m.onnx"),))
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    # The cores the process may use (its CPU affinity), not the host's.
+    monkeypatch.setattr("segstream.server.cores.available_cores", lambda: 2)
     assert worker_count(config, {"gated": model}) == 2
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.setattr("segstream.server.cores.available_cores", lambda: 1)
     assert worker_count(config, {"gated": model}) == 1
     assert worker_count(replace(config, workers=3), {"gated": model}) == 3  # --workers wins
     assert live_workers({"gated": model}, 2) == 1
@@ -274,3 +275,11 @@ async def test_the_stages_in_one_thread_answer_as_the_pipeline_does(pipeline: Pi
     served = await pipeline.process(wire, config, time.perf_counter())
     served.ClearField("timings")
     assert response == served
+
+
+def test_the_cores_are_those_the_process_may_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)  # pinned to one core
+    assert cores.available_cores() == 1 and cores.default_cpu_workers() == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # a platform without affinity
+    assert cores.available_cores() == 64 and cores.default_cpu_workers() == 2

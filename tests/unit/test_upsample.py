@@ -348,7 +348,7 @@ def test_the_path_follows_the_share_of_cells_to_refine(monkeypatch: pytest.Monke
 def test_overlapping_cpu_runs_take_the_one_thread_session_with_the_same_labels(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("segstream.server.ort_model._cores", lambda: 2)
+    monkeypatch.setattr("segstream.server.cores.available_cores", lambda: 2)
     model = OrtModel(ModelSpec("tiny", tiny_model), device="cpu", workers=2)
     rgb = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     expected = model.run("out", [rgb], (96, 128)).labels.copy()
@@ -375,7 +375,7 @@ def test_overlapping_cpu_runs_take_the_one_thread_session_with_the_same_labels(
     assert not OrtModel(ModelSpec("tiny", tiny_model), device="cpu", workers=1).overlap_session
     assert not OrtModel(ModelSpec("tiny", tiny_model), device="cpu", threads=1, workers=2).overlap_session
     # On more cores the overlapping run gets its share of them, not one.
-    monkeypatch.setattr("segstream.server.ort_model._cores", lambda: 16)
+    monkeypatch.setattr("segstream.server.cores.available_cores", lambda: 16)
     wide = OrtModel(ModelSpec("tiny", tiny_model), device="cpu", workers=2)
     assert wide._narrow["out"].get_session_options().intra_op_num_threads == 8
 
@@ -383,7 +383,7 @@ def test_overlapping_cpu_runs_take_the_one_thread_session_with_the_same_labels(
 def test_a_run_alone_splits_its_upsampling_and_an_overlapping_one_does_not(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("segstream.server.ort_model._cores", lambda: 2)
+    monkeypatch.setattr("segstream.server.cores.available_cores", lambda: 2)
     model = OrtModel(ModelSpec("tiny", tiny_model), device="cpu", workers=2)
     parts: list[int] = []
     real = upsample.upsample_labels

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import threading
 from collections.abc import Mapping
 
@@ -16,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from segstream.server.config import ServerConfig
+from segstream.server.cores import default_cpu_workers
 from segstream.server.engine import Model
 from segstream.server.metrics import Metrics
 from segstream.server.pipeline import Pipeline
@@ -74,7 +74,7 @@ def worker_count(config: ServerConfig, models: Mapping[str, Model]) -> int:
         # run, in that slack: 4 ORDERED streams, 2 cores, 0.85 of the network alone against 0.79
         # (three back-to-back pairs of segstream-bench runs). Live frames stay one at a time (see
         # live_workers), since two runs at once each take twice as long.
-        return 2 if (os.cpu_count() or 1) >= 2 else 1
+        return default_cpu_workers()
     # On a GPU a second worker overlaps the host-side work and copies of one batch with the next
     # batch's kernels; with several sessions per head (providers that serialize runs), one worker
     # per session.

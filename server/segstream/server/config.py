@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from segstream.server.buckets import Bucket, check_buckets
+from segstream.server.engine import HEADS
 from segstream.server.frame_limits import DEFAULT_MAX_ASPECT, DEFAULT_MAX_INFERENCE_PIXELS
 from segstream.server.gpu_options import GpuOptions
 from segstream.server.ranges import check_range
@@ -21,8 +22,6 @@ from segstream.wire.codec import DEFAULT_MAX_PIXELS
 
 Device = Literal["auto", "cpu", "cuda", "tensorrt"]
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "tensorrt")
-# The heads a model may serve (segstream.server.engine.HEADS; kept here so config imports no engine).
-HEAD_NAMES: tuple[str, ...] = ("out", "aux")
 
 
 class ConfigError(ValueError):
@@ -82,8 +81,8 @@ def with_model_options(
         name, _, head = target.rpartition(":")
         if not sep or not head or not output:
             raise ConfigError(f"--head {text!r}: expected HEAD=OUTPUT or MODEL:HEAD=OUTPUT, e.g. out=logits")
-        if head not in HEAD_NAMES:
-            raise ConfigError(f"--head {text!r}: the heads are {' and '.join(HEAD_NAMES)}, not {head!r}")
+        if head not in HEADS:
+            raise ConfigError(f"--head {text!r}: the heads are {' and '.join(HEADS)}, not {head!r}")
         spec = _named(specs, name, "--head", text, "MODEL:HEAD=OUTPUT")
         if head in dict(spec.head_outputs):
             raise ConfigError(f"--head: head {head} of model {spec.name} is mapped twice; map it once")

@@ -21,10 +21,9 @@ the addresses it was captured with.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ import onnxruntime as ort
 from segstream.models.classes import ClassList
 from segstream.models.graph import is_synthetic
 from segstream.models.serving import CONFIDENCE, FRAMES, LABELS, LOGITS, OUTPUT_SIZE, serving_graph
-from segstream.server import label_kernel
+from segstream.server import cores, label_kernel
 from segstream.server.buckets import Bucket
 from segstream.server.config import Device, ModelSpec
 from segstream.server.contract import check_model
@@ -156,8 +155,9 @@ class OrtModel:
         # one-thread runs 77-85 (2 cores, the synthetic FCN-ResNet50 at 64x85), while a run alone
         # keeps every core.
         self._narrow: dict[str, ort.InferenceSession] = {}
-        all_threads = threads or _cores()
-        share = max(1, all_threads // (workers or 2))
+        all_threads = threads or cores.available_cores()
+        workers = workers or cores.default_cpu_workers()
+        share = max(1, all_threads // workers)
         if self._provider == CPU and workers != 1 and share < all_threads:
             self._options.intra_op_num_threads = share
             self._narrow = {head: self._load(head) for head in self._heads}
@@ -275,28 +275,22 @@ class OrtModel:
             index = self._session_index()
             binding = self._binding(head, index, sessions[index], shape, output_size)
             self._run(index, sessions[index], binding, frames)
-            return binding.result
-        with self._counter_lock:
-            alone = self._running == 0
-            self._running += 1
-            self.concurrent_runs += not alone
-        ended = False
-
-        def ran() -> None:
-            # Counted down when the network is done, before the host upsampling: a run that starts
-            # while the other worker only upsamples has the cores to itself.
-            nonlocal ended
-            if not ended:
-                ended = True
+        else:
+            with self._counter_lock:
+                alone = self._running == 0
+                self._running += 1
+                self.concurrent_runs += not alone
+            try:
+                index, session = (0, sessions[0]) if alone else (_NARROW, narrow)
+                binding = self._binding(head, index, session, shape, output_size)
+                self._run(index, session, binding, frames)
+            finally:
+                # Counted down when the network is done, before the host upsampling: a run that
+                # starts while the other worker only upsamples has the cores to itself.
                 with self._counter_lock:
                     self._running -= 1
-
-        try:
-            index, session = (0, sessions[0]) if alone else (_NARROW, narrow)
-            binding = self._binding(head, index, session, shape, output_size)
-            self._run(index, session, binding, frames, ran)
-        finally:
-            ran()
+        if self._host_upsample:
+            _upsample(binding, self._upsample_parts if self._running == 0 else 1)
         return binding.result
 
     def frames_devices(self) -> set[str]:
@@ -312,7 +306,6 @@ class OrtModel:
         session: ort.InferenceSession,
         binding: _Binding,
         frames: Sequence[U8Array],
-        ran: Callable[[], None] | None = None,
     ) -> None:
         for i, frame in enumerate(frames):
             binding.frames[i] = frame
@@ -332,10 +325,6 @@ class OrtModel:
         finally:
             if lock is not None:
                 lock.release()
-            if ran is not None:
-                ran()
-        if self._host_upsample:
-            _upsample(binding, self._upsample_parts if self._running == 0 else 1)
 
     def _session_index(self) -> int:
         index: int | None = getattr(self._local, "session", None)
@@ -511,12 +500,6 @@ def _prepare_tensorrt(model: str, gpu: GpuOptions, buckets: Sequence[Bucket]) ->
             "the ones seen so far; pass --buckets to build one engine for all of them up front",
             model,
         )
-
-
-def _cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform tells it)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 def _provider_name(provider: str | tuple[str, Any]) -> str:

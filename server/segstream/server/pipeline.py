@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ import grpc
 from segstream.server import stages
 from segstream.server.admission import LiveAdmission
 from segstream.server.batcher import Batcher, Deliver, Ticket, delivered
+from segstream.server.cores import available_cores
 from segstream.server.engine import EngineError, Model
 from segstream.server.errors import status_for
 from segstream.server.metrics import Metrics
@@ -66,7 +66,7 @@ class Pipeline:
         self.engine_failures = 0
         # As many live frames as the workers can run in full batches; more would only queue.
         self.admission = LiveAdmission(min(workers, live_workers or workers) * max_batch)
-        self._decode_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="segstream-decode")
+        self._decode_pool = ThreadPoolExecutor(max(2, available_cores()), thread_name_prefix="segstream-decode")
         self.batcher = Batcher(self._run_batch, workers, max_batch, max_delay_s)
         self.batcher.start()
 
