@@ -87,7 +87,7 @@ def _segment(model: OrtModel, frame: pb.Frame, size: int) -> pb.SegmentResponse:
     batch = model.run("out", [resized], (rgb.shape[0], rgb.shape[1]))
     response = pb.SegmentResponse(frame_id=frame.frame_id)
     spec = OutputSpec(resolution=pb.OUTPUT_RESOLUTION_FRAME)
-    postprocess(batch.labels[0], float(batch.confidence[0]), model.num_classes, rgb, spec, response)
+    postprocess(batch.labels[0], float(batch.confidence[0]), model.classes, rgb, spec, response)
     return response
 
 

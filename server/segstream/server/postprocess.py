@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from segstream.models.classes import ClassList
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.wire import codec
-from segstream.wire.palette import blend, class_share, colorize
+from segstream.wire.palette import blend, class_share
 
 U8Array = npt.NDArray[np.uint8]
 
@@ -35,28 +36,26 @@ class OutputSpec:
 def postprocess(
     labels: U8Array,
     confidence: float,
-    num_classes: int,
+    classes: ClassList,
     image: U8Array,
     spec: OutputSpec,
     response: pb.SegmentResponse,
-    palette: U8Array | None = None,
 ) -> None:
     """Fill the requested result fields of `response`.
 
     `labels` is the HxW class-id map at the output resolution and `image` the RGB frame at that
-    same resolution (for the overlay). `palette` is the model's 256-entry colour table
-    (segstream.wire.palette.palette_table); None colours with the generated palette of `num_classes`.
+    same resolution (for the overlay); `classes` are the model's, with the colours masks take.
     """
     if spec.wants(pb.OUTPUT_CONFIDENCE):
         response.confidence = confidence
     if spec.wants(pb.OUTPUT_CLASS_SHARE):
         # A bincount of the uint8 map on the host costs well under a millisecond; in the graph the
         # one-hot comparison over every class and pixel cost several on a CPU, asked for or not.
-        response.class_share.extend(class_share(labels, num_classes).tolist())
+        response.class_share.extend(class_share(labels, len(classes)).tolist())
     if spec.wants(pb.OUTPUT_LABEL_MASK):
         response.label_mask.CopyFrom(codec.encode_mask(labels, spec.mask_encoding))
     if spec.wants(pb.OUTPUT_COLOR_MASK) or spec.wants(pb.OUTPUT_OVERLAY):
-        color = colorize(labels, num_classes) if palette is None else palette[labels]
+        color = classes.table[labels]
         if spec.wants(pb.OUTPUT_COLOR_MASK):
             response.color_mask.CopyFrom(codec.encode_image(color, spec.image_encoding, spec.jpeg_quality))
         if spec.wants(pb.OUTPUT_OVERLAY):

@@ -170,11 +170,10 @@ def finish(model: Model, result: BatchResult, index: int, prepared: Prepared, re
     postprocess(
         result.labels[index],
         float(result.confidence[index]),
-        model.num_classes,
+        model.classes,
         prepared.image,
         prepared.settings.spec,
         response,
-        model.classes.table,
     )
 
 
