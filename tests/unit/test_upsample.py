@@ -146,7 +146,7 @@ def test_strips_and_chunks_of_any_size_give_the_same_labels(
         np.testing.assert_array_equal(_host(logits, (211, 97)), expected)
 
 
-def test_the_kernel_gives_the_same_labels_in_strips_of_any_size(
+def test_the_kernel_gives_the_same_labels_in_stretches_or_whole_rows(
     resize_argmax: ort.InferenceSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert label_kernel.available()  # the server extras install Numba
@@ -156,10 +156,11 @@ def test_the_kernel_gives_the_same_labels_in_strips_of_any_size(
     for out in [(211, 97), (20, 30), (37, 200)]:
         expected = _reference(resize_argmax, logits, out)
         results = []
-        # The smallest budget: strips of the fewest rows (one row where the output is no taller than
-        # the source); the largest: the whole frame in one strip.
-        for budget in [1, 4 * 21 * 97 * 3, 1 << 30]:
-            monkeypatch.setattr(label_kernel, "STRIP_BYTES", budget)
+        # Stretches of single columns, stretches bridged across the whole row, and each pair of
+        # source rows in stretches only, in whole rows only (kept for the next pair) or as it comes.
+        for gap, dense in [(0, 2.0), (10**6, 2.0), (0, 0.0), (16, 0.0), (16, 0.5)]:
+            monkeypatch.setattr(label_kernel, "RUN_GAP", gap)
+            monkeypatch.setattr(label_kernel, "DENSE_SHARE", dense)
             results.append(_host(logits, out))
             assert (results[-1] == expected).mean() >= MIN_EQUAL
         for other in results[1:]:

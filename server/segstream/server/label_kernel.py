@@ -2,17 +2,22 @@
 
 The NumPy/OpenCV paths of upsample.py pay per call and per temporary array: on a noisy 21-class map
 upscaled from 64x85 to 640x480 they took 10-18 ms on the 2-core test machine, and 6.5 s for a
-6000x4500 frame. This kernel makes the same labels (up to float near-ties) in one pass per strip of
-output rows, in 5-7 ms and 0.33 s there on one thread (docs/benchmarks.md has the measurements):
+6000x4500 frame. This kernel makes the same labels (up to float near-ties) in one pass over the
+output rows, in 1-3 ms for that VGA frame on one thread (docs/benchmarks.md has the measurements).
+Its work follows the pixels whose four bilinear source labels differ, the only ones that need
+interpolating (the interpolated logits of four vectors that share their argmax, a convex
+combination, have that argmax too):
 
-1. An output row whose two source rows hold one label throughout gets that label.
-2. For the source rows a strip of output rows reads, every channel is interpolated horizontally,
-   once per row, when the strip's first row that needs it comes.
-3. The other rows are interpolated vertically, channel after channel, keeping the running maximum
-   and its class: contiguous loops the compiler turns into SIMD code. A class replaces the label
-   only where strictly greater, so ties keep the lower class id, like ArgMax. Where an output
-   pixel's four bilinear source labels agree, that label is taken instead, as in upsample.py (the
-   interpolated logits are a convex combination of four vectors that share their argmax).
+1. Once per pair of source rows (consecutive output rows share theirs): which columns have
+   differing source labels, gathered into stretches (short gaps between two are bridged).
+2. Every channel of the two source rows is interpolated along x over those stretches. Where they
+   cover most of the row, the whole row is, and a source row is kept for the next pair (which
+   shares it) rather than interpolated twice.
+3. Each output row takes the label of its pixels' agreeing sources, and over the stretches the
+   channels are interpolated along y one after another, keeping the running maximum and its class:
+   contiguous loops the compiler turns into SIMD code. A class replaces the label only where
+   strictly greater, so ties keep the lower class id, like ArgMax. Pixels of a stretch whose four
+   sources agree keep that label (exact) rather than the interpolated one.
 
 The sums are bilinear interpolation taken in two steps, (X00 w_x0 + X01 w_x1) w_y0 + (X10 w_x0 +
 X11 w_x1) w_y1, rather than ONNX Runtime's four products: the float roundings differ, so labels may
@@ -22,9 +27,8 @@ The compiled code releases the GIL, so inference workers upsample in parallel wi
 with the event loop. Numba is imported and the kernel compiled on first use (about 2 s; OrtModel
 does it while loading a model that upsamples on the host; cached on disk where Numba can write its
 cache). A Numba that fails to import or compile is logged, and the NumPy/OpenCV paths serve. The
-price is memory:
-about 175 MB more resident memory in the process (130 MB of it LLVM, from the import). Where that
-matters more than 2-6 ms per frame, uninstall numba: the NumPy/OpenCV paths then serve.
+price is memory: about 175 MB more resident memory in the process (130 MB of it LLVM, from the
+import). Where that matters more than a few ms per frame, uninstall numba: the NumPy/OpenCV paths then serve.
 """
 
 from __future__ import annotations
@@ -49,11 +53,14 @@ I64Array = npt.NDArray[np.int64]
 Axis = tuple[I64Array, I64Array, F32Array, F32Array]
 ArrayT = TypeVar("ArrayT", bound="np.ndarray[Any, Any]")
 
-# The horizontally interpolated rows a strip keeps (C * source rows * width floats): small enough to
-# stay in the CPU's cache while the strip's rows read them channel after channel.
-STRIP_BYTES = 1 << 20
 # Output pixels below which one call is not split across threads: the hand-over would cost more.
 SPLIT_PIXELS = 1 << 16
+# Columns of agreeing labels between two stretches that need interpolating, up to which the two are
+# interpolated as one: a loop over a few columns costs more than the columns it would skip.
+RUN_GAP = 16
+# The share of a row's columns from which the whole row is interpolated: each source row is then
+# interpolated along x once and kept for the next pair of source rows, instead of twice in stretches.
+DENSE_SHARE = 0.5
 
 
 def _interpolate_argmax(
@@ -67,84 +74,149 @@ def _interpolate_argmax(
     x_high: I64Array,
     wx_low: F32Array,
     wx_high: F32Array,
-    strip: int,
+    gap: int,
+    dense_columns: int,
     out: U8Array,
 ) -> None:
     """Writes into `out` the labels of the bilinearly resized logits (see the module's steps).
 
-    Strips of `strip` output rows share their horizontally interpolated source rows. Written for what the
+    `gap` and `dense_columns`: RUN_GAP, and DENSE_SHARE of the output width. Written for what the
     compiler vectorises (measured: 5 ms against 37 ms for the same work written otherwise):
     - the scratch arrays are allocated here, so it can tell they overlap nothing else;
-    - the loops over x run the whole width with fixed bounds, not a span computed per row;
+    - a loop over a stretch of columns runs over views that start at the stretch, from 0: indices
+      the compiler knows are not negative (from the stretch's first column it would check each one
+      and not vectorise);
     - each local name keeps one type (a uint8 label and a float32 logit sharing a name would both
       become float64, which is slower and rounds the sums differently);
     - the running label is int32, as wide as the float32 it is selected alongside.
     """
     channels = logits.shape[0]
     height, width = out.shape
-    source_width = labels.shape[1]
-    source_rows = 1  # the most any strip reads
-    for top in range(0, height, strip):
-        source_rows = max(source_rows, y_high[min(top + strip, height) - 1] - y_low[top] + 1)
-    horizontal = np.empty((channels, source_rows, width), np.float32)
+    # Two slots of every channel's source rows interpolated along x; `kept` is the source row a slot
+    # holds across the whole width (-1: only stretches of it, valid for the current pair alone).
+    horizontal = np.empty((channels, 2, width), np.float32)
+    kept = np.full(2, -1, np.int64)
     best = np.empty(width, np.float32)
     label = np.empty(width, np.int32)
+    agreed = np.empty(width, np.uint8)  # the label of each column's top-left source pixel
+    mixed = np.zeros(width, np.bool_)  # whether a column's four source labels differ
+    starts = np.empty(width, np.int64)  # the stretches of columns to interpolate
+    ends = np.empty(width, np.int64)
+    runs = 0
+    top = 0  # the slots of the pair's upper and lower source rows
+    low = 1
     pair = (-1, -1)
-    pair_differs = True
-    for top in range(0, height, strip):
-        bottom = min(top + strip, height)
-        source = y_low[top]
-        interpolated = False
-        for y in range(top, bottom):
-            upper = labels[y_low[y]]
-            lower = labels[y_high[y]]
-            row = out[y]
-            # Step 1: consecutive output rows share their two source rows; where those hold a
-            # single label, so does the output row.
-            if (y_low[y], y_high[y]) != pair:
-                pair = (y_low[y], y_high[y])
-                pair_differs = False
-                for i in range(source_width):
-                    pair_differs = pair_differs or upper[i] != upper[0] or lower[i] != upper[0]
-            if not pair_differs:
-                for x in range(width):
-                    row[x] = upper[0]
-                continue
-            if not interpolated:
-                # Step 2, once per strip that needs it: every channel along x, for its source rows.
-                interpolated = True
-                for c in range(channels):
-                    for r in range(y_high[bottom - 1] - source + 1):
-                        src = logits[c, source + r]
-                        dst = horizontal[c, r]
-                        for x in range(width):
-                            dst[x] = src[x_low[x]] * wx_low[x] + src[x_high[x]] * wx_high[x]
-            # Step 3: along y, channel after channel, as a running maximum.
-            a = y_low[y] - source
-            b = y_high[y] - source
-            wa = wy_low[y]
-            wb = wy_high[y]
-            above = horizontal[0, a]
-            below = horizontal[0, b]
-            for x in range(width):
-                best[x] = above[x] * wa + below[x] * wb
-                label[x] = 0
-            for c in range(1, channels):
-                above = horizontal[c, a]
-                below = horizontal[c, b]
-                k = np.int32(c)
-                for x in range(width):
-                    value = above[x] * wa + below[x] * wb
-                    greater = value > best[x]
-                    best[x] = value if greater else best[x]
-                    label[x] = k if greater else label[x]
-            # Where the four sources agree, their label (exact); elsewhere the interpolated one.
+    for y in range(height):
+        if (y_low[y], y_high[y]) != pair:
+            # Step 1, once per pair of source rows (consecutive output rows share theirs).
+            pair = (y_low[y], y_high[y])
+            upper = labels[pair[0]]
+            lower = labels[pair[1]]
+            runs = 0
+            covered = 0
+            open_run = False
             for x in range(width):
                 i = x_low[x]
                 j = x_high[x]
                 corner = upper[i]
-                same = corner == upper[j] and corner == lower[i] and corner == lower[j]
-                row[x] = corner if same else np.uint8(label[x])
+                agreed[x] = corner
+                differ = corner != upper[j] or corner != lower[i] or corner != lower[j]
+                mixed[x] = differ
+                if differ and not open_run:
+                    if runs > 0 and x - ends[runs - 1] <= gap:
+                        runs -= 1  # continues the previous stretch across a short gap
+                        covered -= ends[runs] - starts[runs]
+                    else:
+                        starts[runs] = x
+                    open_run = True
+                elif not differ and open_run:
+                    ends[runs] = x
+                    covered += x - starts[runs]
+                    runs += 1
+                    open_run = False
+            if open_run:
+                ends[runs] = width
+                covered += width - starts[runs]
+                runs += 1
+            # Step 2: every channel of both source rows along x, where step 3 will read it.
+            if covered > dense_columns:
+                runs = 1
+                starts[0] = 0
+                ends[0] = width
+                top = -1
+                low = -1
+                for slot in range(2):
+                    if kept[slot] == pair[0]:
+                        top = slot
+                for slot in range(2):
+                    if kept[slot] == pair[1] and (slot != top or pair[0] == pair[1]):
+                        low = slot
+                for r in range(2):
+                    if r == 1 and low < 0 and pair[1] == pair[0]:
+                        low = top  # one source row (the clamped edge)
+                    slot = top if r == 0 else low
+                    if slot >= 0:
+                        continue  # kept from the previous pair
+                    other = low if r == 0 else top
+                    slot = 0 if other != 0 else 1
+                    for c in range(channels):
+                        src = logits[c, pair[r]]
+                        dst = horizontal[c, slot]
+                        for x in range(width):
+                            dst[x] = src[x_low[x]] * wx_low[x] + src[x_high[x]] * wx_high[x]
+                    kept[slot] = pair[r]
+                    if r == 0:
+                        top = slot
+                    else:
+                        low = slot
+            else:
+                top = 0
+                low = 1
+                kept[0] = -1
+                kept[1] = -1
+                for k in range(runs):
+                    first = starts[k]
+                    n = ends[k] - first
+                    run_low = x_low[first:]
+                    run_high = x_high[first:]
+                    run_w_low = wx_low[first:]
+                    run_w_high = wx_high[first:]
+                    for c in range(channels):
+                        for r in range(2):
+                            src = logits[c, pair[r]]
+                            dst = horizontal[c, r, first:]
+                            for x in range(n):
+                                dst[x] = src[run_low[x]] * run_w_low[x] + src[run_high[x]] * run_w_high[x]
+        row = out[y]
+        for x in range(width):
+            row[x] = agreed[x]
+        # Step 3: along y over the stretches, channel after channel, as a running maximum.
+        wa = wy_low[y]
+        wb = wy_high[y]
+        for k in range(runs):
+            first = starts[k]
+            n = ends[k] - first
+            run_best = best[first:]
+            run_label = label[first:]
+            above = horizontal[0, top, first:]
+            below = horizontal[0, low, first:]
+            for x in range(n):
+                run_best[x] = above[x] * wa + below[x] * wb
+                run_label[x] = 0
+            for c in range(1, channels):
+                above = horizontal[c, top, first:]
+                below = horizontal[c, low, first:]
+                class_id = np.int32(c)
+                for x in range(n):
+                    value = above[x] * wa + below[x] * wb
+                    greater = value > run_best[x]
+                    run_best[x] = value if greater else run_best[x]
+                    run_label[x] = class_id if greater else run_label[x]
+            # Where the four sources agree, their label (exact); elsewhere the interpolated one.
+            run_row = row[first:]
+            run_mixed = mixed[first:]
+            for x in range(n):
+                run_row[x] = np.uint8(run_label[x]) if run_mixed[x] else run_row[x]
 
 
 def _compile() -> Callable[..., None] | None:
@@ -179,7 +251,8 @@ def _compile() -> Callable[..., None] | None:
             _readonly(np.arange(8, dtype=np.float32).reshape(2, 2, 2)),
             *axis,
             *axis,
-            1,
+            RUN_GAP,
+            0,
             out,
         )
     except Exception:
@@ -288,9 +361,5 @@ def _run(
 ) -> None:
     kernel = _kernel()
     assert kernel is not None
-    channels = logits.shape[0]
-    height, width = out.shape
-    # Output rows per strip, so that the source rows they read fit STRIP_BYTES (two at least).
-    source_rows = max(2, STRIP_BYTES // (4 * channels * width))
-    strip = max(1, (source_rows - 1) * height // (int(rows[1][-1] - rows[0][0]) + 1))
-    kernel(labels, logits, *rows, *cols, strip, out)
+    width = out.shape[1]
+    kernel(labels, logits, *rows, *cols, RUN_GAP, int(DENSE_SHARE * width), out)
