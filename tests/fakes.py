@@ -17,7 +17,6 @@ class GatedModel:
     name = "gated"
     provider = "CPUExecutionProvider"
     heads = ("out",)
-    num_classes = 21
     classes = voc_classes()
     synthetic = True
 
@@ -39,7 +38,7 @@ class GatedModel:
         if self.fail_when_mean_below is not None and any(f.mean() < self.fail_when_mean_below for f in frames):
             raise RuntimeError("simulated device failure")
         n = len(frames)
-        rows = (np.arange(output_size[0]) % self.num_classes).astype(np.uint8)
+        rows = (np.arange(output_size[0]) % len(self.classes)).astype(np.uint8)
         labels = np.broadcast_to(rows[None, :, None], (n, *output_size)).copy()
         return BatchResult(labels, np.ones(n, np.float32))
 

@@ -48,10 +48,6 @@ class HeldModel:
         return self._inner.heads
 
     @property
-    def num_classes(self) -> int:
-        return self._inner.num_classes
-
-    @property
     def classes(self) -> ClassList:
         return self._inner.classes
 

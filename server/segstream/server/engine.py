@@ -52,13 +52,8 @@ class Model(Protocol):
         ...
 
     @property
-    def num_classes(self) -> int:
-        """Classes its label maps hold."""
-        ...
-
-    @property
     def classes(self) -> ClassList:
-        """Its class names and colours, `num_classes` of each (see segstream.server.contract)."""
+        """Its class names and colours, one of each per class its label maps hold (see segstream.server.contract)."""
         ...
 
     @property

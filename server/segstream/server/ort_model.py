@@ -220,11 +220,6 @@ class OrtModel:
         return self._heads
 
     @property
-    def num_classes(self) -> int:
-        """Classes its label maps hold."""
-        return len(self._classes)
-
-    @property
     def classes(self) -> ClassList:
         """Its class names and colours: from its file's metadata, its --classes file, or Pascal VOC's."""
         return self._classes
