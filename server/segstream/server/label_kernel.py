@@ -85,7 +85,7 @@ def _interpolate_argmax(
     - the scratch arrays are allocated here, so it can tell they overlap nothing else;
     - a loop over a stretch of columns runs over views that start at the stretch, from 0: indices
       the compiler knows are not negative (from the stretch's first column it would check each one
-      and not vectorise);
+      and not vectorise: 20 ms against 3 ms for a noisy VGA map);
     - each local name keeps one type (a uint8 label and a float32 logit sharing a name would both
       become float64, which is slower and rounds the sums differently);
     - the running label is int32, as wide as the float32 it is selected alongside.
