@@ -156,9 +156,9 @@ def test_the_kernel_gives_the_same_labels_in_stretches_or_whole_rows(
     for out in [(211, 97), (20, 30), (37, 200)]:
         expected = _reference(resize_argmax, logits, out)
         results = []
-        # Stretches of single columns, stretches bridged across the whole row, and each pair of
-        # source rows in stretches only, in whole rows only (kept for the next pair) or as it comes.
-        for gap, dense in [(0, 2.0), (10**6, 2.0), (0, 0.0), (16, 0.0), (16, 0.5)]:
+        # Stretches never bridged, stretches bridged across the whole row, and each pair of source
+        # rows in stretches only, in whole rows only (kept for the next pair), or as its share says.
+        for gap, dense in [(0, 2.0), (10**6, 2.0), (0, 0.0), (16, 0.2), (16, 0.5)]:
             monkeypatch.setattr(label_kernel, "RUN_GAP", gap)
             monkeypatch.setattr(label_kernel, "DENSE_SHARE", dense)
             results.append(_host(logits, out))
@@ -173,11 +173,14 @@ def test_the_kernel_split_across_threads_gives_the_same_labels(monkeypatch: pyte
     logits[:, 5:9] = (rng.standard_normal((21, 4, 53)) * 3).astype(np.float32)
     labels = logits.argmax(0).astype(np.uint8)
     monkeypatch.setattr(label_kernel, "SPLIT_PIXELS", 1)  # split even this small frame
-    whole = upsample.upsample_labels(labels, logits, np.empty((211, 97), np.uint8))
-    for parts in [2, 3, 7, 211, 500]:  # more parts than rows: one row per band at most
-        np.testing.assert_array_equal(
-            upsample.upsample_labels(labels, logits, np.empty((211, 97), np.uint8), parts), whole
-        )
+    for gap, dense in [(16, 0.5), (0, 0.0), (0, 2.0)]:  # as served, whole rows only, stretches only
+        monkeypatch.setattr(label_kernel, "RUN_GAP", gap)
+        monkeypatch.setattr(label_kernel, "DENSE_SHARE", dense)
+        whole = upsample.upsample_labels(labels, logits, np.empty((211, 97), np.uint8))
+        for parts in [2, 3, 7, 211, 500]:  # more parts than rows: one row per band at most
+            np.testing.assert_array_equal(
+                upsample.upsample_labels(labels, logits, np.empty((211, 97), np.uint8), parts), whole
+            )
     monkeypatch.setattr(label_kernel, "SPLIT_PIXELS", 1 << 16)
     threads: set[str] = set()
     run = label_kernel._run

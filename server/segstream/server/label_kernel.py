@@ -3,7 +3,8 @@
 The NumPy/OpenCV paths of upsample.py pay per call and per temporary array: on a noisy 21-class map
 upscaled from 64x85 to 640x480 they took 10-18 ms on the 2-core test machine, and 6.5 s for a
 6000x4500 frame. This kernel makes the same labels (up to float near-ties) in one pass over the
-output rows, in 1-3 ms for that VGA frame on one thread (docs/benchmarks.md has the measurements).
+output rows: about 4.6 ms for the synthetic model's VGA maps on one thread, 1-3.4 ms for smooth
+maps like a trained model's (docs/benchmarks.md has the measurements).
 Its work follows the pixels whose four bilinear source labels differ, the only ones that need
 interpolating (the interpolated logits of four vectors that share their argmax, a convex
 combination, have that argmax too):
@@ -58,7 +59,7 @@ SPLIT_PIXELS = 1 << 16
 # Columns of agreeing labels between two stretches that need interpolating, up to which the two are
 # interpolated as one: a loop over a few columns costs more than the columns it would skip.
 RUN_GAP = 16
-# The share of a row's columns from which the whole row is interpolated: each source row is then
+# The share of a row's columns beyond which the whole row is interpolated: each source row is then
 # interpolated along x once and kept for the next pair of source rows, instead of twice in stretches.
 DENSE_SHARE = 0.5
 
@@ -81,7 +82,7 @@ def _interpolate_argmax(
     """Writes into `out` the labels of the bilinearly resized logits (see the module's steps).
 
     `gap` and `dense_columns`: RUN_GAP, and DENSE_SHARE of the output width. Written for what the
-    compiler vectorises (measured: 5 ms against 37 ms for the same work written otherwise):
+    compiler vectorises (measured on its first form: 5 ms against 37 ms for the same work written otherwise):
     - the scratch arrays are allocated here, so it can tell they overlap nothing else;
     - a loop over a stretch of columns runs over views that start at the stretch, from 0: indices
       the compiler knows are not negative (from the stretch's first column it would check each one
@@ -172,8 +173,9 @@ def _interpolate_argmax(
             else:
                 top = 0
                 low = 1
-                kept[0] = -1
-                kept[1] = -1
+                if runs > 0:  # the slots get stretches: what they kept whole is gone
+                    kept[0] = -1
+                    kept[1] = -1
                 for k in range(runs):
                     first = starts[k]
                     n = ends[k] - first
@@ -322,7 +324,7 @@ def upsample(
     With `parts` > 1 the output rows are split into that many bands, run at once on this thread and
     helper threads (the kernel releases the GIL). Every output row depends only on its own source
     rows and weights, so the labels are the same however the rows are split. Worth it only where
-    cores are idle: with one stream, 5.9 ms become 3.9 ms on 2 cores for a VGA frame.
+    cores are idle: with one stream, 4.6 ms become 2.8 ms on 2 cores for the synthetic model's VGA maps.
     """
     if _kernel() is None:
         raise RuntimeError("the compiled label kernel needs Numba (pip install numba)")
