@@ -233,6 +233,23 @@ async def test_a_server_whose_runs_end_frees_its_models_on_stop(tiny_model: Path
     assert model.closed
 
 
+async def test_a_server_idle_for_longer_than_the_stall_timeout_stops_cleanly(
+    tiny_model: Path, small_frame: pb.Frame
+) -> None:
+    # The usual drain: traffic moves away, the server idles, then it is told to stop. Idle time is
+    # no stall, so its workers are waited for and its models freed.
+    for frames in (0, 1):  # never used, and used once long ago
+        model, server = _gated_server(tiny_model)
+        await server.start()
+        if frames:
+            async with channel(server) as ch:
+                assert not (await _segment_image(pb_grpc.SegmentationStub(ch), small_frame)).HasField("error")
+        await asyncio.sleep(STALL_TIMEOUT * 3)
+        await asyncio.wait_for(server.stop(grace=0.05), 30)
+        assert not server.abandoned_work
+        assert model.closed
+
+
 async def test_a_stop_while_the_models_load_does_not_wait_for_them(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -137,7 +137,8 @@ class Batcher:
         """Cancels what is still queued, lets running batches finish, and stops the workers.
 
         Waits for running batches until `run_grace` seconds after the engine last made progress
-        (None: as long as it takes), so a run already stalled that long is not waited for again;
+        (None: as long as it takes), so a run already stalled that long is not waited for again, and
+        for idle workers `run_grace` seconds from now;
         returns False when a worker is still inside a run then (a hung engine), True once all have
         stopped.
         """
@@ -147,11 +148,15 @@ class Batcher:
             self._pending.clear()
             self._cond.notify_all()
             progress = self._progress
+            running = self._running
         for job in jobs:
             _call(job.deliver, asyncio.CancelledError("the server is shutting down"), 0.0)
         started = [t for t in self._threads if t.ident is not None]
         if started:
-            limit = None if run_grace is None else max(0.0, progress + run_grace - time.monotonic())
+            # With no batch running, the last progress may lie long ago (an idle server): idle
+            # workers only need a moment to see the close, so they get the grace from now.
+            since = progress if running else time.monotonic()
+            limit = None if run_grace is None else max(0.0, since + run_grace - time.monotonic())
             await asyncio.get_running_loop().run_in_executor(None, _join, started, limit)
         return not any(t.is_alive() for t in started)
 
