@@ -13,6 +13,7 @@ import pytest
 
 from segstream.server import cli
 from segstream.server.cli import build_parser, config_from_args, main
+from segstream.server.engine import EngineError
 from segstream.server.event_loop import EventLoopUnavailable, loop_factory
 from tests.cli_help import assert_every_option_documented
 
@@ -159,3 +160,22 @@ def test_a_stop_with_a_hung_engine_exits_at_once_with_status_1(
     with pytest.raises(SystemExit):
         cli.main(["--model", f"tiny={tiny_model}"])
     assert exits == [1] and flushed == [True]
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+def test_a_failed_start_that_leaves_work_running_still_says_why(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def serve(*args: object) -> None:
+        raise cli._WorkLeftRunning from EngineError("model tiny: warm-up failed")
+
+    def exit_now(status: int) -> None:
+        raise SystemExit(status)
+
+    monkeypatch.setattr(cli, "_serve", serve)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.setattr(logging, "shutdown", lambda: None)
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["--model", f"tiny={tiny_model}"])
+    assert ended.value.code == 1
+    assert "segstream-server: error: model tiny: warm-up failed" in capsys.readouterr().err

@@ -407,7 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EngineError, OSError, EventLoopUnavailable) as exc:
         print(f"segstream-server: error: {exc}", file=sys.stderr)
         return 1
-    except _WorkLeftRunning:
+    except _WorkLeftRunning as exc:
+        if exc.__cause__ is not None:  # startup failed, then the stop left work running
+            print(f"segstream-server: error: {exc.__cause__}", file=sys.stderr)
         # A thread still inside ONNX Runtime would hold up (or crash) the interpreter's exit, which
         # joins and finalises what that thread uses: leave at once, logs flushed.
         logging.shutdown()
