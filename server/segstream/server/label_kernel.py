@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -44,6 +43,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+from segstream.server import cores
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ def _helpers() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="segstream-labels")
+            _pool = ThreadPoolExecutor(max(1, cores.available_cores() - 1), thread_name_prefix="segstream-labels")
         return _pool
 
 
