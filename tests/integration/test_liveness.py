@@ -254,11 +254,13 @@ async def test_a_stop_while_the_models_load_does_not_wait_for_them(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     loading, release = threading.Event(), threading.Event()
+    loaded: list[GatedModel] = []
 
     def slow_load(config: ServerConfig) -> dict[str, GatedModel]:
         loading.set()
         release.wait(30)  # a slow disk, or a TensorRT build of minutes
-        return {"gated": GatedModel()}
+        loaded.append(GatedModel())
+        return {"gated": loaded[-1]}
 
     monkeypatch.setattr("segstream.server.app.load_models", slow_load)
     config = ServerConfig(models=(ModelSpec("gated", tiny_model),), host="127.0.0.1", port=0, size=32)
@@ -271,6 +273,9 @@ async def test_a_stop_while_the_models_load_does_not_wait_for_them(
             await starting
         assert server.abandoned_work and "still loading" in caplog.text
         await asyncio.wait_for(server.stop(grace=0), 5)  # nothing to wait for: no pipeline yet
+        release.set()
+        # Models that finish loading after the start was given up are freed, not left behind.
+        await _until(lambda: bool(loaded) and loaded[0].closed)
     finally:
         release.set()
         for thread in threading.enumerate():

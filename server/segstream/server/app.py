@@ -332,6 +332,10 @@ def _load_into(future: asyncio.Future[Mapping[str, Model]], config: ServerConfig
 
     def settle() -> None:
         if future.done():
+            # The start was cancelled while they loaded: nobody will serve or close them.
+            if not isinstance(outcome, BaseException):
+                for model in outcome.values():
+                    model.close()
             return
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
