@@ -249,7 +249,9 @@ def test_without_numba_the_numpy_paths_serve(
     assert not label_kernel.available()
     logits = (np.random.default_rng(2).standard_normal((21, 16, 20)) * 4).astype(np.float32)
     assert (_host(logits, (120, 150)) == _reference(resize_argmax, logits, (120, 150))).mean() >= MIN_EQUAL
-    axis = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.float32), np.zeros(1, np.float32))
+    axis = label_kernel.Axis(
+        np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.float32), np.zeros(1, np.float32)
+    )
     with pytest.raises(RuntimeError, match="needs Numba"):
         label_kernel.upsample(
             np.zeros((1, 1), np.uint8), np.zeros((2, 1, 1), np.float32), axis, axis, np.empty((1, 1), np.uint8)

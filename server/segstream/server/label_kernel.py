@@ -39,7 +39,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -51,8 +51,17 @@ log = logging.getLogger(__name__)
 U8Array = npt.NDArray[np.uint8]
 F32Array = npt.NDArray[np.float32]
 I64Array = npt.NDArray[np.int64]
-# Per output index along one axis: the low and high source index and their weights.
-Axis = tuple[I64Array, I64Array, F32Array, F32Array]
+
+
+class Axis(NamedTuple):
+    """Per output index along one axis: the low and high source index and their weights."""
+
+    low: I64Array
+    high: I64Array
+    w_low: F32Array
+    w_high: F32Array
+
+
 ArrayT = TypeVar("ArrayT", bound="np.ndarray[Any, Any]")
 
 # Output pixels below which one call is not split across threads: the hand-over would cost more.
@@ -240,7 +249,7 @@ def _compile() -> Callable[..., None] | None:
     # (read-only logits and axes, see upsample), so that a compiler failure falls back here and not
     # on a frame.
     axis = _axis_readonly(
-        (
+        Axis(
             np.array([0, 0, 1], np.int64),
             np.array([0, 1, 1], np.int64),
             np.array([0.5, 0.75, 0.5], np.float32),
@@ -273,7 +282,7 @@ def _readonly(array: ArrayT) -> ArrayT:
 
 
 def _axis_readonly(axis: Axis) -> Axis:
-    return _readonly(axis[0]), _readonly(axis[1]), _readonly(axis[2]), _readonly(axis[3])
+    return Axis(_readonly(axis.low), _readonly(axis.high), _readonly(axis.w_low), _readonly(axis.w_high))
 
 
 # Set on first use rather than at import: importing Numba alone adds about 130 MB to a process's
@@ -285,6 +294,9 @@ _kernel_lock = threading.Lock()
 
 def _kernel() -> Callable[..., None] | None:
     global _KERNEL
+    kernel = _KERNEL
+    if kernel is not _UNSET:  # set once, then only read: no lock on every frame
+        return kernel
     with _kernel_lock:
         if _KERNEL is _UNSET:
             _KERNEL = _compile()
@@ -352,7 +364,7 @@ def upsample(
 
 
 def _band(rows: Axis, top: int, bottom: int) -> Axis:
-    return rows[0][top:bottom], rows[1][top:bottom], rows[2][top:bottom], rows[3][top:bottom]
+    return Axis(rows.low[top:bottom], rows.high[top:bottom], rows.w_low[top:bottom], rows.w_high[top:bottom])
 
 
 def _run(

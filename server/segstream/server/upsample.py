@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -69,17 +68,8 @@ DENSE_PIXELS = 1 << 22
 USE_KERNEL = True
 
 
-class _Axis(NamedTuple):
-    """Per output index along one axis: the two source indices and their weights (label_kernel.Axis)."""
-
-    low: I64Array
-    high: I64Array
-    w_low: F32Array
-    w_high: F32Array
-
-
 @functools.lru_cache(maxsize=64)
-def _axis(size_in: int, size_out: int) -> _Axis:
+def _axis(size_in: int, size_out: int) -> label_kernel.Axis:
     """ONNX Runtime's bilinear set-up for one axis (half_pixel, sizes given).
 
     Cached: a stream's frames share their sizes, and the set-up costs 0.1 ms a VGA frame. The
@@ -97,7 +87,7 @@ def _axis(size_in: int, size_out: int) -> _Axis:
     d_low[same] = 0.5
     d_high[same] = 0.5
     # The weight of a source is the distance to the other one.
-    axis = _Axis(low, high, w_low=d_high, w_high=d_low)
+    axis = label_kernel.Axis(low, high, w_low=d_high, w_high=d_low)
     for array in axis:
         array.flags.writeable = False
     return axis
@@ -190,7 +180,7 @@ def upsample_labels(labels: U8Array, logits: F32Array, out: U8Array, parts: int 
 
 
 def _interpolated_argmax(
-    pixels: F32Array, first: int, width: int, rows: _Axis, cols: _Axis, y: I64Array, x: I64Array
+    pixels: F32Array, first: int, width: int, rows: label_kernel.Axis, cols: label_kernel.Axis, y: I64Array, x: I64Array
 ) -> U8Array:
     """The argmax of the interpolated logits at output pixels (y, x), summed in ONNX Runtime's order.
 
