@@ -167,6 +167,25 @@ def test_the_kernel_gives_the_same_labels_in_stretches_or_whole_rows(
             np.testing.assert_array_equal(other, results[0])
 
 
+@pytest.mark.parametrize("dense", [2.0, 0.0])  # candidate classes only; every class in whole rows
+def test_a_class_no_corner_ranks_first_still_wins_between_them(
+    resize_argmax: ort.InferenceSession, monkeypatch: pytest.MonkeyPatch, dense: float
+) -> None:
+    # Class 2 is no source pixel's argmax, yet wins between them: the candidates of a cell must come
+    # from the bounds of every class, not from the corners' labels. Class 3 is just below the floor
+    # (left out) and class 4 a hair above it (kept); neither may change a label.
+    monkeypatch.setattr(label_kernel, "DENSE_SHARE", dense)
+    logits = np.zeros((5, 2, 2), np.float32)
+    logits[0] = [[1.0, 0.0], [1.0, 0.0]]
+    logits[1] = [[0.0, 1.0], [0.0, 1.0]]
+    logits[2] = 0.9
+    logits[3] = np.float32(0.9) - np.float32(1e-3)
+    logits[4] = [[0.9, 0.9], [0.9, np.float32(0.9) - np.float32(1e-7)]]
+    labels = _host(logits, (9, 17))
+    assert 2 in labels and 0 in labels and 1 in labels and 3 not in labels
+    np.testing.assert_array_equal(labels, _reference(resize_argmax, logits, (9, 17)))
+
+
 def test_the_kernel_split_across_threads_gives_the_same_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(13)
     logits = _smooth_logits(rng, 21, 37, 53)

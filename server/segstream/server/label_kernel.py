@@ -3,22 +3,28 @@
 The NumPy/OpenCV paths of upsample.py pay per call and per temporary array: on a noisy 21-class map
 upscaled from 64x85 to 640x480 they took 10-18 ms on the 2-core test machine, and 6.5 s for a
 6000x4500 frame. This kernel makes the same labels (up to float near-ties) in one pass over the
-output rows: about 4.6 ms for the synthetic model's VGA maps on one thread, 1-3.4 ms for smooth
-maps like a trained model's (docs/benchmarks.md has the measurements).
+output rows: about 2.3 ms for the synthetic model's VGA maps on one thread, 1.5 ms for smooth maps
+like a trained model's (docs/benchmarks.md has the measurements).
 Its work follows the pixels whose four bilinear source labels differ, the only ones that need
 interpolating (the interpolated logits of four vectors that share their argmax, a convex
-combination, have that argmax too):
+combination, have that argmax too), and there only the classes that can win:
 
 1. Once per pair of source rows (consecutive output rows share theirs): which columns have
-   differing source labels, gathered into stretches (short gaps between two are bridged).
-2. Every channel of the two source rows is interpolated along x over those stretches. Where they
-   cover most of the row, the whole row is, and a source row is kept for the next pair (which
-   shares it) rather than interpolated twice.
+   differing source labels, gathered into stretches (short gaps between two are bridged). For each
+   cell of four source pixels such a column reads, the candidate classes: every interpolated logit
+   vector in the cell has, in some class, at least the largest of the classes' smallest corners,
+   so a class whose largest corner lies below that wins nowhere in it. On the synthetic model's
+   maps 2.8 of the 21 classes remain on average.
+2. The two source rows are interpolated along x over the stretches, for each column's candidates
+   only. Where that work nears every class over the whole row (noisy maps), every class is
+   interpolated over whole rows instead, which vectorises, and a source row is kept for the next
+   pair (which shares it) rather than interpolated twice.
 3. Each output row takes the label of its pixels' agreeing sources, and over the stretches the
-   channels are interpolated along y one after another, keeping the running maximum and its class:
-   contiguous loops the compiler turns into SIMD code. A class replaces the label only where
-   strictly greater, so ties keep the lower class id, like ArgMax. Pixels of a stretch whose four
-   sources agree keep that label (exact) rather than the interpolated one.
+   candidates are interpolated along y one after another, keeping the running maximum and its rank:
+   contiguous loops the compiler turns into SIMD code. Candidates are in ascending class order and a
+   later one replaces the label only where strictly greater, so ties keep the lower class id, like
+   ArgMax; the classes left out are strictly below the winner, so they change nothing. Pixels of a
+   stretch whose four sources agree keep that label (exact) rather than the interpolated one.
 
 The sums are bilinear interpolation taken in two steps, (X00 w_x0 + X01 w_x1) w_y0 + (X10 w_x0 +
 X11 w_x1) w_y1, rather than ONNX Runtime's four products: the float roundings differ, so labels may
@@ -69,9 +75,15 @@ SPLIT_PIXELS = 1 << 16
 # Columns of agreeing labels between two stretches that need interpolating, up to which the two are
 # interpolated as one: a loop over a few columns costs more than the columns it would skip.
 RUN_GAP = 16
-# The share of a row's columns beyond which the whole row is interpolated: each source row is then
-# interpolated along x once and kept for the next pair of source rows, instead of twice in stretches.
-DENSE_SHARE = 0.5
+# The share of every class over the whole row beyond which a pair of source rows is interpolated
+# in whole rows for every class rather than over its stretches for its candidate classes: the
+# whole rows vectorise and keep each source row for the next pair. The work compared is, over the
+# stretches, their width times their columns' most candidate classes. Measured: 0.4-0.8 gave the
+# same times within noise on the synthetic model's maps, smooth maps and random logits.
+DENSE_SHARE = 0.6
+# How far (relative to the cell's largest logit) a class's largest corner must lie below the
+# floor to be left out: the two-step sums round by a few float32 ulps (about 5e-7 at most).
+MARGIN = np.float32(1e-5)
 
 
 def _interpolate_argmax(
@@ -86,12 +98,12 @@ def _interpolate_argmax(
     wx_low: F32Array,
     wx_high: F32Array,
     gap: int,
-    dense_columns: int,
+    dense_work: int,
     out: U8Array,
 ) -> None:
     """Writes into `out` the labels of the bilinearly resized logits (see the module's steps).
 
-    `gap` and `dense_columns`: RUN_GAP, and DENSE_SHARE of the output width. Written for what the
+    `gap`: RUN_GAP; `dense_work`: DENSE_SHARE of channels x output width. Written for what the
     compiler vectorises (measured on its first form: 5 ms against 37 ms for the same work written otherwise):
     - the scratch arrays are allocated here, so it can tell they overlap nothing else;
     - a loop over a stretch of columns runs over views that start at the stretch, from 0: indices
@@ -99,21 +111,40 @@ def _interpolate_argmax(
       and not vectorise: 20 ms against 3 ms for a noisy VGA map);
     - each local name keeps one type (a uint8 label and a float32 logit sharing a name would both
       become float64, which is slower and rounds the sums differently);
-    - the running label is int32, as wide as the float32 it is selected alongside.
+    - the running rank is int32, as wide as the float32 it is selected alongside, and the loop
+      over a stretch selects a constant rank (a class read from an array per pixel stops it
+      vectorising: 28 ms against 9 ms on random logits).
     """
     channels = logits.shape[0]
     height, width = out.shape
-    # Two slots of every channel's source rows interpolated along x; `kept` is the source row a slot
-    # holds across the whole width (-1: only stretches of it, valid for the current pair alone).
-    horizontal = np.empty((channels, 2, width), np.float32)
+    # Every channel's source rows interpolated along x. Slots 0 and 1 hold whole rows, `kept` says
+    # which source row (-1: none); slots 2 and 3 the current pair's upper and lower source rows
+    # over its stretches, rank k of a column holding the class classes[k, column].
+    horizontal = np.empty((channels, 4, width), np.float32)
     kept = np.full(2, -1, np.int64)
+    # Cells of source columns (s, s + 1); a column at the clamped right edge takes the last cell
+    # (its corners are among that cell's, so the cell's bounds hold for it too).
+    source_width = logits.shape[2]
+    step = 1 if source_width > 1 else 0
+    cells = max(1, source_width - 1)
+    cell_of = np.empty(width, np.int64)
+    for x in range(width):
+        cell_of[x] = min(x_low[x], cells - 1)
+    floor = np.empty(cells, np.float32)
+    scale = np.empty(cells, np.float32)
+    highest = np.empty((channels, cells), np.float32)
+    classes = np.empty((cells, channels), np.int32)  # each cell's candidate classes, ascending
+    cell_count = np.empty(cells, np.int64)
+    count = np.zeros(width, np.int64)  # each column's candidates
     best = np.empty(width, np.float32)
-    label = np.empty(width, np.int32)
+    rank = np.empty(width, np.int32)
     agreed = np.empty(width, np.uint8)  # the label of each column's top-left source pixel
     mixed = np.zeros(width, np.bool_)  # whether a column's four source labels differ
     starts = np.empty(width, np.int64)  # the stretches of columns to interpolate
     ends = np.empty(width, np.int64)
+    depth = np.empty(width, np.int64)  # a stretch's most candidates in one column
     runs = 0
+    ranked = False  # whether the pair's stretches hold candidates (slots 2, 3) or every class
     top = 0  # the slots of the pair's upper and lower source rows
     low = 1
     pair = (-1, -1)
@@ -124,7 +155,6 @@ def _interpolate_argmax(
             upper = labels[pair[0]]
             lower = labels[pair[1]]
             runs = 0
-            covered = 0
             open_run = False
             for x in range(width):
                 i = x_low[x]
@@ -136,21 +166,64 @@ def _interpolate_argmax(
                 if differ and not open_run:
                     if runs > 0 and x - ends[runs - 1] <= gap:
                         runs -= 1  # continues the previous stretch across a short gap
-                        covered -= ends[runs] - starts[runs]
                     else:
                         starts[runs] = x
                     open_run = True
                 elif not differ and open_run:
                     ends[runs] = x
-                    covered += x - starts[runs]
                     runs += 1
                     open_run = False
             if open_run:
                 ends[runs] = width
-                covered += width - starts[runs]
                 runs += 1
-            # Step 2: every channel of both source rows along x, where step 3 will read it.
-            if covered > dense_columns:
+            if runs > 0:
+                # The classes that can win in each cell of source columns (s, s + 1): each pixel's
+                # logits are a convex combination of its four corners', so at least the largest of
+                # the classes' smallest corner (the floor); a class whose largest corner is below
+                # that, by more than the sums' rounding, wins nowhere in the cell.
+                upper_logits = logits[:, pair[0]]
+                lower_logits = logits[:, pair[1]]
+                for s in range(cells):
+                    floor[s] = -np.inf
+                    scale[s] = 0
+                for c in range(channels):
+                    a = upper_logits[c]
+                    b = upper_logits[c, step:]
+                    d = lower_logits[c]
+                    e = lower_logits[c, step:]
+                    high = highest[c]
+                    for s in range(cells):
+                        lo = min(min(a[s], b[s]), min(d[s], e[s]))
+                        hi = max(max(a[s], b[s]), max(d[s], e[s]))
+                        floor[s] = max(floor[s], lo)
+                        scale[s] = max(scale[s], max(abs(lo), abs(hi)))
+                        high[s] = hi
+                for s in range(cells):
+                    cell_count[s] = -1
+            for r in range(runs):
+                depth[r] = 0
+                for x in range(starts[r], ends[r]):
+                    if not mixed[x]:
+                        count[x] = 0
+                        continue
+                    s = cell_of[x]
+                    if cell_count[s] < 0:
+                        bound = floor[s] - scale[s] * MARGIN
+                        n = 0
+                        for c in range(channels):
+                            if not highest[c, s] < bound:  # NaN keeps the class
+                                classes[s, n] = c
+                                n += 1
+                        cell_count[s] = n
+                    count[x] = cell_count[s]
+                    depth[r] = max(depth[r], cell_count[s])
+            work = 0
+            for r in range(runs):
+                work += depth[r] * (ends[r] - starts[r])
+            # Step 2: the source rows along x, where step 3 will read them.
+            ranked = work <= dense_work
+            if not ranked and runs > 0:
+                # Every class along whole rows: fewer loads and vectorised, each source row once.
                 runs = 1
                 starts[0] = 0
                 ends[0] = width
@@ -181,54 +254,59 @@ def _interpolate_argmax(
                     else:
                         low = slot
             else:
-                top = 0
-                low = 1
-                if runs > 0:  # the slots get stretches: what they kept whole is gone
-                    kept[0] = -1
-                    kept[1] = -1
-                for k in range(runs):
-                    first = starts[k]
-                    n = ends[k] - first
-                    run_low = x_low[first:]
-                    run_high = x_high[first:]
-                    run_w_low = wx_low[first:]
-                    run_w_high = wx_high[first:]
-                    for c in range(channels):
-                        for r in range(2):
-                            src = logits[c, pair[r]]
-                            dst = horizontal[c, r, first:]
-                            for x in range(n):
-                                dst[x] = src[run_low[x]] * run_w_low[x] + src[run_high[x]] * run_w_high[x]
+                top = 2
+                low = 3
+                for r in range(runs):
+                    for x in range(starts[r], ends[r]):
+                        i = x_low[x]
+                        j = x_high[x]
+                        p = wx_low[x]
+                        q = wx_high[x]
+                        cands = classes[cell_of[x]]
+                        for k in range(count[x]):
+                            c = cands[k]
+                            horizontal[k, 2, x] = logits[c, pair[0], i] * p + logits[c, pair[0], j] * q
+                            horizontal[k, 3, x] = logits[c, pair[1], i] * p + logits[c, pair[1], j] * q
+                        for k in range(count[x], depth[r]):
+                            # Ranks beyond a column's candidates never win: -inf (NaN where a weight is 0).
+                            horizontal[k, 2, x] = -np.inf
+                            horizontal[k, 3, x] = -np.inf
         row = out[y]
         for x in range(width):
             row[x] = agreed[x]
-        # Step 3: along y over the stretches, channel after channel, as a running maximum.
+        # Step 3: along y over the stretches, rank after rank, as a running maximum.
         wa = wy_low[y]
         wb = wy_high[y]
-        for k in range(runs):
-            first = starts[k]
-            n = ends[k] - first
+        for r in range(runs):
+            first = starts[r]
+            n = ends[r] - first
+            levels = depth[r] if ranked else channels
             run_best = best[first:]
-            run_label = label[first:]
+            run_rank = rank[first:]
             above = horizontal[0, top, first:]
             below = horizontal[0, low, first:]
             for x in range(n):
                 run_best[x] = above[x] * wa + below[x] * wb
-                run_label[x] = 0
-            for c in range(1, channels):
-                above = horizontal[c, top, first:]
-                below = horizontal[c, low, first:]
-                class_id = np.int32(c)
+                run_rank[x] = 0
+            for k in range(1, levels):
+                above = horizontal[k, top, first:]
+                below = horizontal[k, low, first:]
+                level = np.int32(k)
                 for x in range(n):
                     value = above[x] * wa + below[x] * wb
                     greater = value > run_best[x]
                     run_best[x] = value if greater else run_best[x]
-                    run_label[x] = class_id if greater else run_label[x]
+                    run_rank[x] = level if greater else run_rank[x]
             # Where the four sources agree, their label (exact); elsewhere the interpolated one.
             run_row = row[first:]
             run_mixed = mixed[first:]
-            for x in range(n):
-                run_row[x] = np.uint8(run_label[x]) if run_mixed[x] else run_row[x]
+            if ranked:
+                for x in range(n):
+                    if run_mixed[x]:
+                        run_row[x] = np.uint8(classes[cell_of[first + x], run_rank[x]])
+            else:
+                for x in range(n):
+                    run_row[x] = np.uint8(run_rank[x]) if run_mixed[x] else run_row[x]
 
 
 def _compile() -> Callable[..., None] | None:
@@ -337,7 +415,7 @@ def upsample(
     With `parts` > 1 the output rows are split into that many bands, run at once on this thread and
     helper threads (the kernel releases the GIL). Every output row depends only on its own source
     rows and weights, so the labels are the same however the rows are split. Worth it only where
-    cores are idle: with one stream, 4.6 ms become 2.8 ms on 2 cores for the synthetic model's VGA maps.
+    cores are idle: with one stream, 2.3 ms become 1.5 ms on 2 cores for the synthetic model's VGA maps.
     """
     if _kernel() is None:
         raise RuntimeError("the compiled label kernel needs Numba (pip install numba)")
@@ -377,4 +455,4 @@ def _run(
     kernel = _kernel()
     assert kernel is not None
     width = out.shape[1]
-    kernel(labels, logits, *rows, *cols, RUN_GAP, int(DENSE_SHARE * width), out)
+    kernel(labels, logits, *rows, *cols, RUN_GAP, int(DENSE_SHARE * logits.shape[0] * width), out)
