@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from segstream.bench import run as bench_run
 from segstream.bench.cli import main
 from segstream.bench.cpu import CpuMeter
 from segstream.bench.frames import encoded_frames, load_photos
+from segstream.bench.report import StreamStats
 from segstream.bench.served import LoadSpec, run_load
 from segstream.client import StreamOptions
 from segstream.server.app import SegstreamServer
@@ -66,9 +68,24 @@ async def test_rate_paces_the_sends(tiny_model: Path) -> None:
     assert wall >= 5 / 50.0  # the sixth frame is due 100 ms after the first
 
 
-def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_end_to_end_prints_one_json_line_last(
+    tiny_model: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+    measure = bench_run.InProcess.measure
+
+    def slice_spy(self: bench_run.InProcess, index: int) -> None:
+        order.append(f"slice {index}")
+        measure(self, index)
+
+    async def round_spy(target: str, frames: Sequence[bytes], spec: LoadSpec) -> tuple[list[StreamStats], float]:
+        order.append(f"round of {spec.frames}")
+        return await run_load(target, frames, spec)
+
+    monkeypatch.setattr(bench_run.InProcess, "measure", slice_spy)
+    monkeypatch.setattr("segstream.bench.run.run_load", round_spy)
     argv = ["--model", str(tiny_model), "--size", "32", "--threads", "1", "--streams", "2", "--frames", "3"]
-    code = main([*argv, "--iterations", "3", "--warmup", "1", "--resolution", "inference", "--json"])
+    code = main([*argv, "--iterations", "5", "--rounds", "2", "--warmup", "1", "--resolution", "inference", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -81,7 +98,10 @@ def test_end_to_end_prints_one_json_line_last(tiny_model: Path, capsys: pytest.C
     assert report["sent"] == report["answered"] == 6 and report["dropped"] == 0
     assert report["ratio_raw"] == pytest.approx(report["served_fps"] / report["raw_fps"], rel=1e-3)
     assert report["ratio_pipeline"] == pytest.approx(report["served_fps"] / report["pipeline_fps"], rel=1e-3)
-    assert report["raw_iterations"] == report["pipeline_iterations"] == 3  # 2 before the server, 1 after
+    # 2 rounds of 1 and 2 frames per stream; the loops' 5 runs in slices of 1, 2 and 2 around them.
+    assert report["rounds"] == 2
+    assert order == ["slice 0", "round of 1", "slice 1", "round of 2", "slice 2"]
+    assert report["raw_iterations"] == report["pipeline_iterations"] == 5
     assert report["pipeline_drift"] is not None
     assert report["server_peak_rss_mb"] > 0 and report["bench_peak_rss_mb"] > 0
     assert "served/pipeline" in err

@@ -16,6 +16,7 @@ from segstream.bench.cpu import CpuUse
 from segstream.bench.frames import HEIGHT, WIDTH, encoded_frames, load_photos
 from segstream.bench.options import config_from_args
 from segstream.bench.report import LoopResult, ServedResult, StreamStats, build_report, render, to_json
+from segstream.bench.run import split
 from segstream.v1 import segmentation_pb2 as pb
 from segstream.wire.codec import decode_encoded
 from tests.cli_help import assert_every_option_documented
@@ -56,6 +57,7 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         (["--rate", "-1"], "--rate -1: must be between 0 and"),
         (["--window", "0"], "--window 0"),
         (["--iterations", "0"], "--iterations 0"),
+        (["--rounds", "0"], "--rounds 0: must be between 1 and"),
         (["--size", "-5"], "--size -5"),
         (["--max-batch", "0"], "--max-batch 0"),
         (["--startup-timeout", "0"], "--startup-timeout 0: must be positive"),
@@ -200,7 +202,7 @@ def test_report_overhead_for_one_stream_and_latest_target() -> None:
     assert latest["targets"] == {}
 
 
-def test_loops_before_and_after_the_served_phase_pool_into_one() -> None:
+def test_slices_of_a_loop_pool_into_one() -> None:
     before = LoopResult([10.0, 10.0], 0.02, "CPU", {"inference": 9.0}, CpuUse(1.0, 2.0, None, 0.0))
     after = LoopResult([20.0], 0.02, "CPU", {"inference": 18.0}, CpuUse(3.0, 1.0, None, 0.4))
     both = before.combine(after)
@@ -208,6 +210,24 @@ def test_loops_before_and_after_the_served_phase_pool_into_one() -> None:
     assert both.stage_means_ms == {"inference": pytest.approx(12.0)}
     assert both.cpu is not None and both.cpu.bench == pytest.approx(1.25) and both.cpu.other == pytest.approx(0.3)
     assert both.cpu.server is None
+
+
+def test_a_streams_rounds_pool_into_one() -> None:
+    first = StreamStats(sent=5, answered=3, dropped=2, latencies_ms=[1.0, 2.0, 3.0])
+    first.stage_sums_ms["decode"] = 6.0
+    second = StreamStats(sent=4, answered=3, errors=1, dropped=1, latencies_ms=[4.0, 5.0], first_error="bad")
+    second.stage_sums_ms["decode"] = 4.0
+    both = first.combine(second)
+    assert (both.sent, both.answered, both.errors, both.dropped, both.unaccounted) == (9, 6, 1, 3, 0)
+    assert both.latencies_ms == [1.0, 2.0, 3.0, 4.0, 5.0] and both.first_error == "bad"
+    assert both.stage_sums_ms["decode"] == 10.0 and both.stage_sums_ms["total"] == 0.0
+
+
+@pytest.mark.parametrize(("total", "parts"), [(150, 5), (100, 4), (3, 5), (1, 1), (7, 3)])
+def test_counts_split_evenly_into_rounds_and_slices(total: int, parts: int) -> None:
+    counts = split(total, parts)
+    assert len(counts) == parts and sum(counts) == total
+    assert max(counts) - min(counts) <= 1 and counts[-1] == max(counts)  # the last slice is never empty
 
 
 def test_report_without_answers_has_no_figures_but_valid_json() -> None:

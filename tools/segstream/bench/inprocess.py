@@ -1,10 +1,11 @@
 """The in-process measurements: raw ONNX Runtime alone, and the server's per-frame stages in one loop.
 
 Both take their settings from the `ServerConfig` the server itself was started with (model file,
-execution provider and its options, threads, shape buckets), and run after the server has stopped,
-so nothing else competes for the cores. The pipeline loop calls the server's own stages
-(segstream.server.stages) one after the other, so it runs by construction what the server runs
-per frame, without the threads, the batcher and the transport around them.
+execution provider and its options, threads, shape buckets), and run in slices between the served
+rounds, while the server idles, so nothing else competes for the cores (segstream.bench.run). The
+pipeline loop calls the server's own stages (segstream.server.stages) one after the other, so it
+runs by construction what the server runs per frame, without the threads, the batcher and the
+transport around them.
 """
 
 from __future__ import annotations
@@ -51,89 +52,101 @@ def normalize_into(rgb: codec.U8Array, out: F32Array) -> F32Array:
     return out
 
 
-def measure_raw(
-    config: ServerConfig,
-    head: str,
-    frame_jpeg: bytes,
-    iterations: int,
-    warmup: int,
-) -> LoopResult:
+class RawLoop:
     """`session.run([head])` of a plain session on the model file, fed one frame's float32 [1,3,H,W] tensor.
 
-    Same provider (with the server's provider options) and intra-op threads as the server.
+    Same provider (with the server's provider options) and intra-op threads as the server. Made
+    once, measured in slices between the served rounds (`measure`), closed at the end.
     """
-    model = config.models[0]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    providers = provider_list(config.device, config.gpu, config.max_batch, config.buckets)
-    session = ort.InferenceSession(str(model.path), options, providers=providers)
-    provider = check_loaded(config.device, providers, session, model.name)
-    rgb = codec.decode_encoded(frame_jpeg)
-    height, width = network_shape(config, rgb.shape[0], rgb.shape[1])
-    tensor = np.empty((1, 3, height, width), np.float32)
-    normalize_into(resize_rgb(rgb, (height, width)), tensor[0])
-    feed = {session.get_inputs()[0].name: tensor}
-    for _ in range(warmup):
-        session.run([head], feed)
-    times: list[float] = []
-    started = time.perf_counter()
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        session.run([head], feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    total = time.perf_counter() - started
-    del session
-    return LoopResult(times, total, provider)
+
+    def __init__(self, config: ServerConfig, head: str, frame_jpeg: bytes, warmup: int) -> None:
+        model = config.models[0]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        providers = provider_list(config.device, config.gpu, config.max_batch, config.buckets)
+        self._session: ort.InferenceSession | None = ort.InferenceSession(str(model.path), options, providers=providers)
+        self.provider = check_loaded(config.device, providers, self._session, model.name)
+        rgb = codec.decode_encoded(frame_jpeg)
+        height, width = network_shape(config, rgb.shape[0], rgb.shape[1])
+        tensor = np.empty((1, 3, height, width), np.float32)
+        normalize_into(resize_rgb(rgb, (height, width)), tensor[0])
+        self._head = head
+        self._feed = {self._session.get_inputs()[0].name: tensor}
+        for _ in range(warmup):
+            self._session.run([head], self._feed)
+
+    def measure(self, iterations: int) -> LoopResult:
+        """`iterations` timed runs, after one untimed run (the caches have cooled while the server ran)."""
+        assert self._session is not None, "measured after close()"
+        self._session.run([self._head], self._feed)
+        times: list[float] = []
+        started = time.perf_counter()
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            self._session.run([self._head], self._feed)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return LoopResult(times, time.perf_counter() - started, self.provider)
+
+    def close(self) -> None:
+        """Frees the session."""
+        self._session = None
 
 
-def measure_pipeline(
-    config: ServerConfig,
-    options: StreamOptions,
-    frames: Sequence[bytes],
-    iterations: int,
-    warmup: int,
-) -> LoopResult:
+class PipelineLoop:
     """Per frame the server's stages, without serving: decode, resize, infer, finish.
 
     The model is loaded by the server's own `load_models` (OrtModel: IOBinding over the serving
     graph, the server's provider options), and the stream's options are resolved by the server's
-    own `stages.resolve`.
+    own `stages.resolve`. Made once, measured in slices (`measure`), closed at the end.
     """
-    name = config.models[0].name
-    engine = load_models(config)[name]
-    try:
-        settings = stages.resolve(options.to_proto(), {name: engine}, name)
-        shaping = stages.Shaping.of(config)
-        wire = [pb.Frame(frame_id=i, encoded=pb.EncodedImage(data=data)) for i, data in enumerate(frames)]
+
+    def __init__(self, config: ServerConfig, options: StreamOptions, frames: Sequence[bytes], warmup: int) -> None:
+        name = config.models[0].name
+        self._engine = load_models(config)[name]
+        try:
+            self._settings = stages.resolve(options.to_proto(), {name: self._engine}, name)
+            self._shaping = stages.Shaping.of(config)
+            self._wire = [pb.Frame(frame_id=i, encoded=pb.EncodedImage(data=data)) for i, data in enumerate(frames)]
+            self._next = 0
+            for _ in range(warmup):
+                self._one()
+        except BaseException:
+            self._engine.close()
+            raise
+        self.provider = self._engine.provider
+
+    def _one(self) -> tuple[float, float, float, float]:
+        frame = self._wire[self._next % len(self._wire)]
+        self._next += 1
+        t0 = time.perf_counter()
+        rgb = stages.decode(frame, self._shaping)
+        t1 = time.perf_counter()
+        response = stages.response_for(frame, self._settings)
+        prepared = stages.resize(rgb, self._settings, self._shaping, response)
+        t2 = time.perf_counter()
+        result = stages.infer(self._engine, [prepared])
+        t3 = time.perf_counter()
+        stages.finish(self._engine, result, 0, prepared, response)
+        t4 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2, t4 - t3
+
+    def measure(self, iterations: int) -> LoopResult:
+        """`iterations` timed frames, after one untimed frame, with each stage's mean."""
+        self._one()
         stage_sums = dict.fromkeys(("decode", "resize", "inference", "postprocess"), 0.0)
         times: list[float] = []
-
-        def one(i: int, record: bool) -> None:
-            frame = wire[i % len(wire)]
-            t0 = time.perf_counter()
-            rgb = stages.decode(frame, shaping)
-            t1 = time.perf_counter()
-            response = stages.response_for(frame, settings)
-            prepared = stages.resize(rgb, settings, shaping, response)
-            t2 = time.perf_counter()
-            result = stages.infer(engine, [prepared])
-            t3 = time.perf_counter()
-            stages.finish(engine, result, 0, prepared, response)
-            t4 = time.perf_counter()
-            if record:
-                times.append((t4 - t0) * 1e3)
-                for stage, seconds in zip(stage_sums, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-                    stage_sums[stage] += seconds * 1e3
-
-        for i in range(warmup):
-            one(i, record=False)
         started = time.perf_counter()
-        for i in range(iterations):
-            one(i, record=True)
+        for _ in range(iterations):
+            parts = self._one()
+            times.append(sum(parts) * 1e3)
+            for stage, seconds in zip(stage_sums, parts, strict=True):
+                stage_sums[stage] += seconds * 1e3
         total = time.perf_counter() - started
         means = {stage: value / iterations for stage, value in stage_sums.items()} if iterations else {}
-        return LoopResult(times, total, engine.provider, means)
-    finally:
-        engine.close()
+        return LoopResult(times, total, self.provider, means)
+
+    def close(self) -> None:
+        """Frees the model."""
+        self._engine.close()

@@ -129,8 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         type=int,
         default=50,
-        help="measured runs of the raw ONNX Runtime loop and of the pipeline loop, half before the server "
-        "starts and half after it stops (default 50)",
+        help="measured runs of the raw ONNX Runtime loop and of the pipeline loop, in slices before, between "
+        "and after the served rounds (default 50)",
+    )
+    load.add_argument(
+        "--rounds",
+        metavar="R",
+        type=int,
+        default=4,
+        help="rounds the served frames are split into, with a slice of the in-process loops before each and "
+        "after the last, so that a machine whose speed drifts moves both sides of the ratios alike (default 4)",
     )
     load.add_argument(
         "--frame-size",
@@ -195,6 +203,7 @@ class BenchConfig:
     options: StreamOptions
     warmup: int
     iterations: int
+    rounds: int
     frame_size: tuple[int, int]  # width, height
     samples: Path | None
     server: str | None
@@ -218,6 +227,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     _check_range("--window", args.window, 1, 1024)
     _check_range("--warmup", args.warmup, 0, 10_000)
     _check_range("--iterations", args.iterations, 1, 1_000_000)
+    _check_range("--rounds", args.rounds, 1, 1000)
     _check_range("--max-batch", args.max_batch, 1, 256)
     if not args.startup_timeout > 0:
         raise UsageError(f"--startup-timeout {args.startup_timeout:g}: must be positive")
@@ -256,6 +266,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         options=options,
         warmup=args.warmup,
         iterations=args.iterations,
+        rounds=args.rounds,
         frame_size=(int(width), int(height)),
         samples=args.samples,
         server=args.server,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ import onnxruntime as ort
 
 from segstream.bench.cpu import CpuMeter
 from segstream.bench.frames import encoded_frames, load_photos
-from segstream.bench.inprocess import measure_pipeline, measure_raw, network_shape
+from segstream.bench.inprocess import PipelineLoop, RawLoop, network_shape
 from segstream.bench.options import PROG, BenchConfig, UsageError
-from segstream.bench.report import LoopResult, ServedResult, build_report
+from segstream.bench.report import LoopResult, ServedResult, StreamStats, build_report
 from segstream.bench.served import (
     BenchError,
     LoadSpec,
@@ -87,10 +88,55 @@ def server_config(command: ServerCommand) -> ServerConfig:
         raise UsageError(f"the server's settings: {exc}") from exc
 
 
+def split(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` counts as even as can be (the later ones larger), summing to `total`."""
+    return [total * (k + 1) // parts - total * k // parts for k in range(parts)]
+
+
+class InProcess:
+    """The raw ONNX Runtime loop and the pipeline loop, measured in slices between the served rounds."""
+
+    def __init__(self, raw: RawLoop, pipeline: PipelineLoop, slices: Sequence[int]) -> None:
+        self._raw = raw
+        self._pipeline = pipeline
+        self._slices = list(slices)
+        self._raws: list[LoopResult] = []
+        self._pipelines: list[LoopResult] = []
+
+    def measure(self, index: int) -> None:
+        """Slice `index`: its share of the iterations of each loop, each under its own CPU meter."""
+        iterations = self._slices[index]
+        if iterations <= 0:
+            return
+        meter = CpuMeter()
+        raw = self._raw.measure(iterations)
+        raw.cpu = meter.stop()
+        meter = CpuMeter()
+        pipeline = self._pipeline.measure(iterations)
+        pipeline.cpu = meter.stop()
+        self._raws.append(raw)
+        self._pipelines.append(pipeline)
+
+    def results(self) -> tuple[LoopResult, LoopResult, float | None]:
+        """Both loops' slices pooled, and how much slower the pipeline ran in its last slice than its first."""
+        raw, pipeline = self._raws[0], self._pipelines[0]
+        for more_raw, more_pipeline in zip(self._raws[1:], self._pipelines[1:], strict=True):
+            raw, pipeline = raw.combine(more_raw), pipeline.combine(more_pipeline)
+        drift = None
+        if len(self._pipelines) > 1:
+            first, last = self._pipelines[0].mean_ms, self._pipelines[-1].mean_ms
+            drift = last / first - 1.0 if first and last else None
+        return raw, pipeline, drift
+
+
 async def _served_phase(
-    config: BenchConfig, command: ServerCommand, frames: Sequence[bytes]
+    config: BenchConfig, command: ServerCommand, frames: Sequence[bytes], between: Callable[[int], None]
 ) -> tuple[ServedResult, list[str]]:
-    """Starts (or finds) the server, warms up, runs the streams, stops the server it started."""
+    """Starts (or finds) the server, warms up, runs the rounds, stops the server it started.
+
+    `between(k)` runs before round k and, with k the number of rounds, after the last: the
+    in-process slices, while the server idles.
+    """
     notes: list[str] = []
     spec = LoadSpec(config.streams, config.frames, config.options, config.window, config.rate)
     process: ServerProcess | None = None
@@ -107,17 +153,30 @@ async def _served_phase(
         process = ServerProcess(command)
         target = process.target
         say(f"starting segstream-server on {target} (pid {process.pid})")
+    rounds = split(config.frames, min(config.rounds, config.frames))
     try:
         if process is not None:
             info = _pick_model(await process.wait_ready(config.startup_timeout))
         say(
             f"serving {info.name} on {info.execution_provider}; {config.streams} {config.options.policy} stream(s) x "
-            f"{config.frames} frames" + (f" at {config.rate:g} fps" if config.rate else "")
+            f"{config.frames} frames"
+            + (f" at {config.rate:g} fps" if config.rate else "")
+            + f" in {len(rounds)} round(s), the in-process loops before, between and after them"
         )
         await warm_up(target, frames, spec, config.warmup)
-        meter = CpuMeter(process.pid if process is not None else None)
-        streams, wall = await run_load(target, frames, spec)
-        cpu = meter.stop()
+        streams: list[StreamStats] | None = None
+        wall = 0.0
+        cpu = None
+        for index, count in enumerate(rounds):
+            between(index)
+            meter = CpuMeter(process.pid if process is not None else None)
+            round_streams, round_wall = await run_load(target, frames, dataclasses.replace(spec, frames=count))
+            round_cpu = meter.stop()
+            cpu = round_cpu if cpu is None else cpu.combine(round_cpu)
+            wall += round_wall
+            pairs = zip(streams, round_streams, strict=True) if streams is not None else None
+            streams = round_streams if pairs is None else [a.combine(b) for a, b in pairs]
+        between(len(rounds))
         memory = process.memory() if process is not None else {}
     finally:
         if process is not None:
@@ -125,7 +184,7 @@ async def _served_phase(
             if status != 0:
                 notes.append(f"segstream-server exited with status {status}")
     result = ServedResult(
-        streams=streams,
+        streams=streams or [],
         wall_s=wall,
         provider=info.execution_provider,
         model=info.name,
@@ -137,24 +196,12 @@ async def _served_phase(
     return result, notes
 
 
-def _inprocess(
-    server: ServerConfig, config: BenchConfig, frames: Sequence[bytes], iterations: int, when: str
-) -> tuple[LoopResult, LoopResult]:
-    say(f"in process, {when} the served phase: raw ONNX Runtime and the pipeline loop, {iterations} runs each")
-    meter = CpuMeter()
-    raw = measure_raw(server, config.options.head, frames[0], iterations, config.warmup)
-    raw.cpu = meter.stop()
-    meter = CpuMeter()
-    pipeline = measure_pipeline(server, config.options, frames, iterations, config.warmup)
-    pipeline.cpu = meter.stop()
-    return raw, pipeline
-
-
 def run(config: BenchConfig) -> dict[str, Any]:
     """One benchmark run; returns the report (see segstream.bench.report.build_report).
 
-    The in-process loops run half their iterations before the server starts and half after it has
-    stopped, so that a machine whose speed drifts over the run moves both sides of the ratios alike.
+    The served load runs in `config.rounds` rounds, and the in-process loops in slices before,
+    between and after them, one server started for all: a machine whose speed drifts over the run
+    (this one's drifts by a quarter within minutes) moves both sides of the ratios alike.
     """
     photos: list[U8Array] = load_photos(config.samples)
     width, height = config.frame_size
@@ -164,27 +211,32 @@ def run(config: BenchConfig) -> dict[str, Any]:
         model.name, model.path, config.size, config.device, config.threads, config.max_batch, config.server_args
     )
     settings_of_server = server_config(command)
-    first = (config.iterations + 1) // 2
-    raw, pipeline = _inprocess(settings_of_server, config, frames, first, "before")
-    # The client side runs on the same loop the server picks by default, so that its own
-    # per-message cost weighs on the measured latency no more than it must.
-    loop_name, new_loop = loop_factory("auto")
-    with asyncio.Runner(loop_factory=new_loop) as runner:
-        served, notes = runner.run(_served_phase(config, command, frames))
+    rounds = min(config.rounds, config.frames)
+    say(f"loading the in-process loops: raw ONNX Runtime and the pipeline, {config.iterations} runs each in all")
+    raw_loop = RawLoop(settings_of_server, config.options.head, frames[0], config.warmup)
+    try:
+        pipeline_loop = PipelineLoop(settings_of_server, config.options, frames, config.warmup)
+        try:
+            in_process = InProcess(raw_loop, pipeline_loop, split(config.iterations, rounds + 1))
+            # The client side runs on the same loop the server picks by default, so that its own
+            # per-message cost weighs on the measured latency no more than it must.
+            loop_name, new_loop = loop_factory("auto")
+            with asyncio.Runner(loop_factory=new_loop) as runner:
+                served, notes = runner.run(_served_phase(config, command, frames, in_process.measure))
+        finally:
+            pipeline_loop.close()
+    finally:
+        raw_loop.close()
     for note in notes:
         say(f"warning: {note}")
-    drift = None
-    if config.iterations - first > 0:
-        raw_after, pipeline_after = _inprocess(settings_of_server, config, frames, config.iterations - first, "after")
-        before, after = pipeline.mean_ms, pipeline_after.mean_ms
-        drift = after / before - 1.0 if before and after else None
-        raw, pipeline = raw.combine(raw_after), pipeline.combine(pipeline_after)
+    raw, pipeline, drift = in_process.results()
     settings: dict[str, Any] = {
         "streams": config.streams,
         "frames": config.frames,
         "policy": config.options.policy,
         "rate": config.rate,
         "window": config.window,
+        "rounds": rounds,
         "model": model.name,
         "model_path": str(model.path),
         "size": config.size,
