@@ -180,7 +180,8 @@ def test_a_class_no_corner_ranks_first_still_wins_between_them(
     logits[1] = [[0.0, 1.0], [0.0, 1.0]]
     logits[2] = 0.9
     logits[3] = np.float32(0.9) - np.float32(1e-3)
-    logits[4] = [[0.9, 0.9], [0.9, np.float32(0.9) - np.float32(1e-7)]]
+    logits[4] = 0.9
+    logits[4, 1, 1] = np.float32(0.9) - np.float32(1e-7)
     labels = _host(logits, (9, 17))
     assert 2 in labels and 0 in labels and 1 in labels and 3 not in labels
     np.testing.assert_array_equal(labels, _reference(resize_argmax, logits, (9, 17)))
