@@ -187,6 +187,32 @@ def test_a_class_no_corner_ranks_first_still_wins_between_them(
     np.testing.assert_array_equal(labels, _reference(resize_argmax, logits, (9, 17)))
 
 
+def _nan_and_subnormal_cases() -> list[F32Array]:
+    """Logits where a careless bound would leave out the winner: NaN corners, subnormal values."""
+    nan, tiny = np.float32(np.nan), np.float32(2.0**-149)
+    # Class 0 holds a NaN that min and max would pass over; with it, nothing else may win there.
+    first = np.array([[[-10, nan], [-10, -10]], [[1, 0], [0, 0]], [[0, 1], [0, 0]]], np.float32)
+    # A NaN in a class that would rank first among the candidates, where class 0 would be left out.
+    second = np.array([[[-10, -10], [-10, -10]], [[nan, 0], [0, 0]], [[0, 1], [1, 0]]], np.float32)
+    # Subnormal logits, whose sums round in absolute steps: class 0 ties class 1 in places.
+    third = np.zeros((10, 2, 2), np.float32)
+    third[0], third[1], third[2, 0, 1] = 3 * tiny, 4 * tiny, 5 * tiny
+    return [first, second, third]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_candidate_classes_give_the_labels_of_every_class_on_nan_and_subnormal_logits(
+    monkeypatch: pytest.MonkeyPatch, case: int
+) -> None:
+    logits = _nan_and_subnormal_cases()[case]
+    labels = np.nan_to_num(logits, nan=-np.inf).argmax(0).astype(np.uint8)
+    results = []
+    for dense in [2.0, 0.0]:  # candidate classes only; every class in whole rows
+        monkeypatch.setattr(label_kernel, "DENSE_SHARE", dense)
+        results.append(upsample.upsample_labels(labels, logits, np.empty((4, 4), np.uint8)))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_the_kernel_split_across_threads_gives_the_same_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(13)
     logits = _smooth_logits(rng, 21, 37, 53)

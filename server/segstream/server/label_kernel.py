@@ -3,8 +3,8 @@
 The NumPy/OpenCV paths of upsample.py pay per call and per temporary array: on a noisy 21-class map
 upscaled from 64x85 to 640x480 they took 10-18 ms on the 2-core test machine, and 6.5 s for a
 6000x4500 frame. This kernel makes the same labels (up to float near-ties) in one pass over the
-output rows: about 2.3 ms for the synthetic model's VGA maps on one thread, 1.5 ms for smooth maps
-like a trained model's (docs/benchmarks.md has the measurements).
+output rows: about 2-2.8 ms for the synthetic model's VGA maps on one thread, 1.2-1.8 ms for smooth
+maps like a trained model's (docs/benchmarks.md has the measurements).
 Its work follows the pixels whose four bilinear source labels differ, the only ones that need
 interpolating (the interpolated logits of four vectors that share their argmax, a convex
 combination, have that argmax too), and there only the classes that can win:
@@ -23,7 +23,8 @@ combination, have that argmax too), and there only the classes that can win:
    candidates are interpolated along y one after another, keeping the running maximum and its rank:
    contiguous loops the compiler turns into SIMD code. Candidates are in ascending class order and a
    later one replaces the label only where strictly greater, so ties keep the lower class id, like
-   ArgMax; the classes left out are strictly below the winner, so they change nothing. Pixels of a
+   ArgMax; the classes left out are strictly below the winner (a cell with a NaN corner keeps them
+   all), so they change nothing. Pixels of a
    stretch whose four sources agree keep that label (exact) rather than the interpolated one.
 
 The sums are bilinear interpolation taken in two steps, (X00 w_x0 + X01 w_x1) w_y0 + (X10 w_x0 +
@@ -81,9 +82,12 @@ RUN_GAP = 16
 # stretches, their width times their columns' most candidate classes. Measured: 0.4-0.8 gave the
 # same times within noise on the synthetic model's maps, smooth maps and random logits.
 DENSE_SHARE = 0.6
-# How far (relative to the cell's largest logit) a class's largest corner must lie below the
-# floor to be left out: the two-step sums round by a few float32 ulps (about 5e-7 at most).
+# How far below the floor a class's largest corner must lie to be left out, relative to the
+# largest magnitude among the cell's corners (any class): the two-step sums round by a few float32
+# ulps of it, about 5e-7 at most. TINY covers subnormal logits, whose roundings are absolute
+# (2**-150 each), which a relative margin of them would not.
 MARGIN = np.float32(1e-5)
+TINY = np.float32(1e-30)
 
 
 def _interpolate_argmax(
@@ -119,7 +123,7 @@ def _interpolate_argmax(
     height, width = out.shape
     # Every channel's source rows interpolated along x. Slots 0 and 1 hold whole rows, `kept` says
     # which source row (-1: none); slots 2 and 3 the current pair's upper and lower source rows
-    # over its stretches, rank k of a column holding the class classes[k, column].
+    # over its stretches, rank k of a column holding the class classes[cell_of[column], k].
     horizontal = np.empty((channels, 4, width), np.float32)
     kept = np.full(2, -1, np.int64)
     # Cells of source columns (s, s + 1); a column at the clamped right edge takes the last cell
@@ -131,6 +135,7 @@ def _interpolate_argmax(
     for x in range(width):
         cell_of[x] = min(x_low[x], cells - 1)
     floor = np.empty(cells, np.float32)
+    unordered = np.zeros(cells, np.bool_)  # a NaN among the cell's corners
     scale = np.empty(cells, np.float32)
     highest = np.empty((channels, cells), np.float32)
     classes = np.empty((cells, channels), np.int32)  # each cell's candidate classes, ascending
@@ -186,6 +191,7 @@ def _interpolate_argmax(
                 for s in range(cells):
                     floor[s] = -np.inf
                     scale[s] = 0
+                    unordered[s] = False
                 for c in range(channels):
                     a = upper_logits[c]
                     b = upper_logits[c, step:]
@@ -198,6 +204,8 @@ def _interpolate_argmax(
                         floor[s] = max(floor[s], lo)
                         scale[s] = max(scale[s], max(abs(lo), abs(hi)))
                         high[s] = hi
+                        # min and max pass over a NaN unless it comes first: flag it instead.
+                        unordered[s] |= (a[s] != a[s]) | (b[s] != b[s]) | (d[s] != d[s]) | (e[s] != e[s])
                 for s in range(cells):
                     cell_count[s] = -1
             for r in range(runs):
@@ -208,10 +216,12 @@ def _interpolate_argmax(
                         continue
                     s = cell_of[x]
                     if cell_count[s] < 0:
-                        bound = floor[s] - scale[s] * MARGIN
+                        # A NaN among the corners keeps every class, as the whole-row path would
+                        # (nothing is greater than a NaN that ranks first).
+                        bound = -np.inf if unordered[s] else floor[s] - max(scale[s] * MARGIN, TINY)
                         n = 0
                         for c in range(channels):
-                            if not highest[c, s] < bound:  # NaN keeps the class
+                            if not highest[c, s] < bound:
                                 classes[s, n] = c
                                 n += 1
                         cell_count[s] = n
@@ -415,7 +425,7 @@ def upsample(
     With `parts` > 1 the output rows are split into that many bands, run at once on this thread and
     helper threads (the kernel releases the GIL). Every output row depends only on its own source
     rows and weights, so the labels are the same however the rows are split. Worth it only where
-    cores are idle: with one stream, 2.3 ms become 1.5 ms on 2 cores for the synthetic model's VGA maps.
+    cores are idle: with one stream, 1.9-2.8 ms become 1.2-1.9 ms on 2 cores for the synthetic model's VGA maps.
     """
     if _kernel() is None:
         raise RuntimeError("the compiled label kernel needs Numba (pip install numba)")
