@@ -89,7 +89,7 @@ def server_config(command: ServerCommand) -> ServerConfig:
 
 
 def split(total: int, parts: int) -> list[int]:
-    """`total` split into `parts` counts as even as can be (the later ones larger), summing to `total`."""
+    """`total` split into `parts` counts summing to `total`, none more than 1 apart, the last one the largest."""
     return [total * (k + 1) // parts - total * k // parts for k in range(parts)]
 
 
@@ -103,15 +103,18 @@ class InProcess:
         self._raws: list[LoopResult] = []
         self._pipelines: list[LoopResult] = []
 
-    def measure(self, index: int) -> None:
-        """Slice `index`: its share of the iterations of each loop, each under its own CPU meter."""
+    def measure(self, index: int, server_pid: int | None) -> None:
+        """Slice `index`: its share of the iterations of each loop, each under its own CPU meter.
+
+        `server_pid`: the idle server's process, so that any CPU it uses shows as its own.
+        """
         iterations = self._slices[index]
         if iterations <= 0:
             return
-        meter = CpuMeter()
+        meter = CpuMeter(server_pid)
         raw = self._raw.measure(iterations)
         raw.cpu = meter.stop()
-        meter = CpuMeter()
+        meter = CpuMeter(server_pid)
         pipeline = self._pipeline.measure(iterations)
         pipeline.cpu = meter.stop()
         self._raws.append(raw)
@@ -130,12 +133,13 @@ class InProcess:
 
 
 async def _served_phase(
-    config: BenchConfig, command: ServerCommand, frames: Sequence[bytes], between: Callable[[int], None]
+    config: BenchConfig, command: ServerCommand, frames: Sequence[bytes], between: Callable[[int, int | None], None]
 ) -> tuple[ServedResult, list[str]]:
     """Starts (or finds) the server, warms up, runs the rounds, stops the server it started.
 
-    `between(k)` runs before round k and, with k the number of rounds, after the last: the
-    in-process slices, while the server idles.
+    `between(k, server_pid)` runs before round k and, with k the number of rounds, after the last:
+    the in-process slices, while the server idles. Each round starts with an uncounted warm-up
+    stream, as the in-process slices start with an untimed run.
     """
     notes: list[str] = []
     spec = LoadSpec(config.streams, config.frames, config.options, config.window, config.rate)
@@ -163,20 +167,22 @@ async def _served_phase(
             + (f" at {config.rate:g} fps" if config.rate else "")
             + f" in {len(rounds)} round(s), the in-process loops before, between and after them"
         )
-        await warm_up(target, frames, spec, config.warmup)
+        pid = process.pid if process is not None else None
         streams: list[StreamStats] | None = None
         wall = 0.0
         cpu = None
         for index, count in enumerate(rounds):
-            between(index)
-            meter = CpuMeter(process.pid if process is not None else None)
-            round_streams, round_wall = await run_load(target, frames, dataclasses.replace(spec, frames=count))
+            between(index, pid)
+            await warm_up(target, frames, spec, config.warmup)
+            meter = CpuMeter(pid)
+            round_spec = dataclasses.replace(spec, frames=count, first=sum(rounds[:index]))
+            round_streams, round_wall = await run_load(target, frames, round_spec)
             round_cpu = meter.stop()
             cpu = round_cpu if cpu is None else cpu.combine(round_cpu)
             wall += round_wall
             pairs = zip(streams, round_streams, strict=True) if streams is not None else None
             streams = round_streams if pairs is None else [a.combine(b) for a, b in pairs]
-        between(len(rounds))
+        between(len(rounds), pid)
         memory = process.memory() if process is not None else {}
     finally:
         if process is not None:

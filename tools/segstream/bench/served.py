@@ -180,6 +180,8 @@ class LoadSpec:
     window: int = 1
     # Frames per second per stream, paced like a camera; 0 sends as fast as the policy allows.
     rate: float = 0.0
+    # Which of `frames` a stream sends first (a later round goes on where the previous one stopped).
+    first: int = 0
 
 
 def _channel(target: str) -> grpc.aio.Channel:
@@ -229,7 +231,7 @@ async def run_stream(
                     await asyncio.sleep(delay)
                 if window is not None:
                     await window.acquire()
-                request = frame_request(frames[i % len(frames)], i, time.time_ns())
+                request = frame_request(frames[(spec.first + i) % len(frames)], i, time.time_ns())
                 now = time.perf_counter()
                 sent_at[i] = now
                 if i == 0:
@@ -279,7 +281,12 @@ async def run_load(target: str, frames: Sequence[bytes], spec: LoadSpec) -> tupl
     stats = [r[0] for r in results]
     first = min((r[1] for r in results if r[0].sent), default=0.0)
     last = max((r[2] for r in results), default=0.0)
-    return stats, max(0.0, last - first)
+    wall = max(0.0, last - first)
+    if spec.rate:
+        # Paced streams: at least the frames' own intervals, so that a server keeping up is credited
+        # the rate, not more (from first send to last answer alone covers frames - 1 intervals).
+        wall = max(wall, spec.frames / spec.rate)
+    return stats, wall
 
 
 async def warm_up(target: str, frames: Sequence[bytes], spec: LoadSpec, count: int) -> None:
