@@ -180,8 +180,10 @@ async def _served_phase(
             round_cpu = meter.stop()
             cpu = round_cpu if cpu is None else cpu.combine(round_cpu)
             wall += round_wall
-            pairs = zip(streams, round_streams, strict=True) if streams is not None else None
-            streams = round_streams if pairs is None else [a.combine(b) for a, b in pairs]
+            if streams is None:
+                streams = round_streams
+            else:  # stream i of every round is the same stream, going on
+                streams = [a.combine(b) for a, b in zip(streams, round_streams, strict=True)]
         between(len(rounds), pid)
         memory = process.memory() if process is not None else {}
     finally:
