@@ -52,12 +52,39 @@ def normalize_into(rgb: codec.U8Array, out: F32Array) -> F32Array:
     return out
 
 
-class RawLoop:
+class _TimedLoop:
+    """A loop measured in slices: `_one` runs one iteration and returns the seconds each of `STAGES` took."""
+
+    STAGES: tuple[str, ...]
+    provider: str
+
+    def _one(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def measure(self, iterations: int) -> LoopResult:
+        """`iterations` timed iterations after one untimed one (the caches have cooled while the server ran)."""
+        self._one()
+        sums = dict.fromkeys(self.STAGES, 0.0)
+        times: list[float] = []
+        started = time.perf_counter()
+        for _ in range(iterations):
+            parts = self._one()
+            times.append(sum(parts) * 1e3)
+            for stage, seconds in zip(self.STAGES, parts, strict=True):
+                sums[stage] += seconds * 1e3
+        total = time.perf_counter() - started
+        means = {stage: value / iterations for stage, value in sums.items()} if iterations else {}
+        return LoopResult(times, total, self.provider, means)
+
+
+class RawLoop(_TimedLoop):
     """`session.run([head])` of a plain session on the model file, fed one frame's float32 [1,3,H,W] tensor.
 
     Same provider (with the server's provider options) and intra-op threads as the server. Made
     once, measured in slices between the served rounds (`measure`), closed at the end.
     """
+
+    STAGES = ("run",)
 
     def __init__(self, config: ServerConfig, head: str, frame_jpeg: bytes, warmup: int) -> None:
         model = config.models[0]
@@ -75,32 +102,28 @@ class RawLoop:
         self._head = head
         self._feed = {self._session.get_inputs()[0].name: tensor}
         for _ in range(warmup):
-            self._session.run([head], self._feed)
+            self._one()
 
-    def measure(self, iterations: int) -> LoopResult:
-        """`iterations` timed runs, after one untimed run (the caches have cooled while the server ran)."""
+    def _one(self) -> tuple[float]:
         assert self._session is not None, "measured after close()"
+        t0 = time.perf_counter()
         self._session.run([self._head], self._feed)
-        times: list[float] = []
-        started = time.perf_counter()
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            self._session.run([self._head], self._feed)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return LoopResult(times, time.perf_counter() - started, self.provider)
+        return (time.perf_counter() - t0,)
 
     def close(self) -> None:
         """Frees the session."""
         self._session = None
 
 
-class PipelineLoop:
+class PipelineLoop(_TimedLoop):
     """Per frame the server's stages, without serving: decode, resize, infer, finish.
 
     The model is loaded by the server's own `load_models` (OrtModel: IOBinding over the serving
     graph, the server's provider options), and the stream's options are resolved by the server's
     own `stages.resolve`. Made once, measured in slices (`measure`), closed at the end.
     """
+
+    STAGES = ("decode", "resize", "inference", "postprocess")
 
     def __init__(self, config: ServerConfig, options: StreamOptions, frames: Sequence[bytes], warmup: int) -> None:
         name = config.models[0].name
@@ -131,21 +154,6 @@ class PipelineLoop:
         stages.finish(self._engine, result, 0, prepared, response)
         t4 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2, t4 - t3
-
-    def measure(self, iterations: int) -> LoopResult:
-        """`iterations` timed frames, after one untimed frame, with each stage's mean."""
-        self._one()
-        stage_sums = dict.fromkeys(("decode", "resize", "inference", "postprocess"), 0.0)
-        times: list[float] = []
-        started = time.perf_counter()
-        for _ in range(iterations):
-            parts = self._one()
-            times.append(sum(parts) * 1e3)
-            for stage, seconds in zip(stage_sums, parts, strict=True):
-                stage_sums[stage] += seconds * 1e3
-        total = time.perf_counter() - started
-        means = {stage: value / iterations for stage, value in stage_sums.items()} if iterations else {}
-        return LoopResult(times, total, self.provider, means)
 
     def close(self) -> None:
         """Frees the model."""
